@@ -1,0 +1,7 @@
+"""Allow ``python -m crossbar_emu``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,301 @@
+"""Command-line interface: ``crossbar-emu train`` and ``crossbar-emu data fetch``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import DEVICE_KINDS, NOISE_KINDS, REFERENCE_LAYOUTS, Config, ConfigError, load_config
+
+logger = logging.getLogger("crossbar_emu")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Command-line option of each configuration key, for error messages and overrides.
+TRAIN_OPTIONS: dict[str, str] = {
+    "device.kind": "--device",
+    "device.imbalance": "--imbalance",
+    "device.bound": "--bound",
+    "device.dw_min": "--dw-min",
+    "device.noise": "--noise",
+    "device.noise_std": "--noise-std",
+    "device.dw_min_dtod": "--dw-min-dtod",
+    "device.bound_dtod": "--bound-dtod",
+    "device.up_down_dtod": "--up-down-dtod",
+    "tile.reference": "--reference",
+    "tile.reference_value": "--reference-value",
+    "update.bit_length": "--bl",
+    "update.update_management": "--update-management",
+    "network.hidden": "--hidden",
+    "network.init_bound": "--init-bound",
+    "network.output_scale": "--output-scale",
+    "training.epochs": "--epochs",
+    "training.lr": "--lr",
+    "training.lr_decay": "--lr-decay",
+    "training.lr_decay_every": "--lr-decay-every",
+    "training.batch_size": "--batch-size",
+    "training.seed": "--seed",
+    "training.train_limit": "--train-limit",
+    "training.test_limit": "--test-limit",
+    "run.data_dir": "--data-dir",
+    "run.out": "--out",
+    "run.overwrite": "--overwrite",
+    "run.threads": "--threads",
+}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(item) for item in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _tile_size(text: str) -> tuple[int, int]:
+    """Parse ``N`` (square tiles) or ``ROWSxCOLS``."""
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected N or ROWSxCOLS, got {text!r}")
+    return (sizes[0], sizes[-1])
+
+
+def _init_bound(text: str) -> str | float:
+    if text == "fan_in":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'fan_in', got {text!r}") from None
+
+
+def _add_train_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the MLP on MNIST on emulated crossbars",
+        description="Train the 784-256-128-10 MLP on MNIST with pulse-level crossbar emulation. "
+        "Options override the values of --config; unset ones keep the defaults "
+        "(see --print-config).",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file with [device], [tile], [update], [network], [training], [run] tables")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and exit")
+
+    device = parser.add_argument_group("device")
+    device.add_argument("--device", choices=DEVICE_KINDS, help="device model (default softbounds)")
+    device.add_argument("--imbalance", type=float, metavar="U", help="up/down imbalance u in (-1, 1); u > 0 weakens down pulses (default 0)")
+    device.add_argument("--bound", type=float, metavar="BETA", help="nominal soft bound β in weight units (default 0.6)")
+    device.add_argument("--dw-min", type=float, help="nominal pulse step Δw_min in weight units (default 0.001)")
+    device.add_argument("--noise", choices=NOISE_KINDS, help="form of the cycle-to-cycle noise (default multiplicative)")
+    device.add_argument("--noise-std", type=float, help="cycle-to-cycle noise σ_c2c, relative (default 0.3)")
+    device.add_argument("--dw-min-dtod", type=float, help="device-to-device spread of the step, relative (default 0.3)")
+    device.add_argument("--bound-dtod", type=float, help="device-to-device spread of the bounds, relative (default 0.3)")
+    device.add_argument("--up-down-dtod", type=float, help="device-to-device spread of the up/down difference (default 0.01)")
+
+    tile = parser.add_argument_group("tiles")
+    tile.add_argument("--tile-size", type=_tile_size, metavar="N|ROWSxCOLS", help="largest tile in devices (default 512x512)")
+    tile.add_argument("--reference", choices=REFERENCE_LAYOUTS, help="reference layout: per cell or one column per tile (default cell)")
+    tile.add_argument("--reference-value", type=float, help="conductance programmed into the reference devices (default 0)")
+
+    update = parser.add_argument_group("pulsed update")
+    update.add_argument("--bl", type=int, help="bit length BL of the pulse streams, 1 to 64 (default 10)")
+    update.add_argument("--update-management", action="store_true", default=None, help="balance the x and δ stream gains (default off)")
+
+    network = parser.add_argument_group("network")
+    network.add_argument("--hidden", type=_int_list, metavar="N,N", help="hidden layer widths (default 256,128)")
+    network.add_argument("--init-bound", type=_init_bound, help="initial weights uniform in ±BOUND, or fan_in for 1/√n_in (default fan_in)")
+    network.add_argument("--output-scale", type=_float_list, metavar="S[,S,S]", help="digital output scale s, one value or one per layer (default 1)")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=int, help="epochs (default 30)")
+    training.add_argument("--lr", type=float, help="learning rate η of the first epochs (default 0.01)")
+    training.add_argument("--lr-decay", type=float, help="factor applied to η every --lr-decay-every epochs (default 0.5)")
+    training.add_argument("--lr-decay-every", type=int, help="epochs between learning-rate steps (default 10)")
+    training.add_argument("--batch-size", type=int, help="samples per mini-batch, updates applied one by one (default 1)")
+    training.add_argument("--seed", type=int, help="seed of every random number in the run (default 0)")
+    training.add_argument("--train-limit", type=int, metavar="N", help="train on the first N samples only")
+    training.add_argument("--test-limit", type=int, metavar="N", help="test on the first N samples only")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--data-dir", help="MNIST directory (default $CROSSBAR_EMU_DATA, else data/mnist)")
+    run.add_argument("--out", help="result file (default runs/<timestamp>.h5)")
+    run.add_argument("--overwrite", action="store_true", default=None, help="replace an existing result file")
+    run.add_argument("--threads", type=int, help="Numba threads (default: every core)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.set_defaults(handler=_run_train)
+
+
+def _add_data_parser(subparsers) -> None:
+    from .mnist import DEFAULT_MIRRORS
+
+    parser = subparsers.add_parser("data", help="manage the MNIST files")
+    data_sub = parser.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    fetch = data_sub.add_parser(
+        "fetch",
+        help="download and verify the four MNIST files",
+        description="Download the four MNIST IDX files into the data directory and verify their checksums.",
+    )
+    fetch.add_argument("--data-dir", help="target directory (default $CROSSBAR_EMU_DATA, else data/mnist)")
+    fetch.add_argument(
+        "--base-url",
+        action="append",
+        metavar="URL",
+        help=f"mirror to download from, tried in order; repeat for several (default: {', '.join(DEFAULT_MIRRORS)})",
+    )
+    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a mirror (default 30)")
+    fetch.set_defaults(handler=_run_data_fetch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossbar-emu",
+        description="Pulse-level emulation of resistive crossbar arrays training neural networks.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parser(subparsers)
+    _add_data_parser(subparsers)
+    return parser
+
+
+def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the configuration keys the command line sets."""
+    overrides: dict[str, Any] = {}
+    for key, option in TRAIN_OPTIONS.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            overrides[key] = value
+    if args.tile_size is not None:
+        overrides["tile.max_rows"], overrides["tile.max_cols"] = args.tile_size
+    return overrides
+
+
+def _describe_config_error(error: ConfigError, options: dict[str, str]) -> str:
+    option = options.get(error.key)
+    if error.key == "tile.max_rows" or error.key == "tile.max_cols":
+        option = "--tile-size"
+    name = f"{option} ({error.key})" if option else error.key
+    return f"invalid value for {name}: {error.value!r}; {error.rule}"
+
+
+def resolve_train_config(args: argparse.Namespace) -> Config:
+    """Merge defaults, the --config file and the options; raise ConfigError if invalid."""
+    config = load_config(args.config) if args.config else Config()
+    return config.replace(_option_overrides(args))
+
+
+def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import numba
+
+    try:
+        config = resolve_train_config(args)
+    except ConfigError as error:
+        parser.exit(EXIT_USAGE, f"crossbar-emu train: error: {_describe_config_error(error, TRAIN_OPTIONS)}\n")
+    if config.run.threads is not None and config.run.threads > numba.config.NUMBA_NUM_THREADS:
+        parser.exit(
+            EXIT_USAGE,
+            f"crossbar-emu train: error: invalid value for --threads (run.threads): {config.run.threads}; "
+            f"must be in [1, {numba.config.NUMBA_NUM_THREADS}], the threads Numba started with "
+            "(raise NUMBA_NUM_THREADS for more)\n",
+        )
+    if args.print_config:
+        sys.stdout.write(config.to_toml())
+        return 0
+
+    from .mnist import DataError, load_mnist, resolve_data_dir
+    from .results import ResultExistsError, ResultFile, check_writable, default_result_path
+    from .training import train
+
+    out = Path(config.run.out) if config.run.out else default_result_path()
+    try:
+        check_writable(out, config.run.overwrite)
+    except ResultExistsError as error:
+        parser.exit(EXIT_USAGE, f"crossbar-emu train: error: {error}\n")
+
+    try:
+        data = load_mnist(resolve_data_dir(config.run.data_dir))
+    except DataError as error:
+        logger.error("%s", error)
+        return EXIT_FAILURE
+
+    train_limit = config.training.train_limit or len(data.train_images)
+    test_limit = config.training.test_limit or len(data.test_images)
+    result = ResultFile(out, overwrite=config.run.overwrite)
+    logger.info("writing results to %s", out)
+    try:
+        summary = train(
+            config,
+            data.train_images[:train_limit],
+            data.train_labels[:train_limit],
+            data.test_images[:test_limit],
+            data.test_labels[:test_limit],
+            result=result,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        logger.warning("stopped by the user; %s holds the finished epochs", out)
+        return EXIT_INTERRUPTED
+    final = summary.epochs[-1]
+    logger.info("done: test error %.2f %% after %d epochs; results in %s", 100 * final.test_error, final.epoch, out)
+    return 0
+
+
+def _run_data_fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from tqdm import tqdm
+
+    from .mnist import DEFAULT_MIRRORS, DataError, fetch_mnist, resolve_data_dir
+
+    if not args.timeout > 0:
+        parser.exit(EXIT_USAGE, f"crossbar-emu data fetch: error: invalid value for --timeout: {args.timeout}; must be > 0\n")
+    data_dir = resolve_data_dir(args.data_dir)
+    bars: dict[str, tqdm] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = tqdm(total=total, desc=name, unit="B", unit_scale=True, leave=False)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        paths = fetch_mnist(data_dir, base_urls=args.base_url or DEFAULT_MIRRORS, timeout=args.timeout, progress=progress)
+    except DataError as error:
+        logger.error("%s", error)
+        return EXIT_FAILURE
+    finally:
+        for bar in bars.values():
+            bar.close()
+    logger.info("%d MNIST files verified in %s", len(paths), data_dir)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    with logging_redirect_tqdm():
+        return args.handler(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

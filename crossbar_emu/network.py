@@ -1,0 +1,143 @@
+"""The multilayer perceptron on crossbar layers: sigmoid hidden layers, softmax output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import INIT_FAN_IN, Config
+from .tiles import CrossbarLayer
+
+# Labels of the independent random streams derived from the run seed.
+_SEED_DEVICE_PARAMETERS = 1
+_SEED_INITIAL_WEIGHTS = 2
+SEED_SAMPLE_ORDER = 3
+
+
+def child_rng(seed: int, purpose: int, *keys: int) -> np.random.Generator:
+    """Return a generator for one purpose, independent of every other purpose and key."""
+    return np.random.default_rng(np.random.SeedSequence([seed, purpose, *keys]))
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Return softmax along the last axis, shifted by the maximum for stability."""
+    shifted = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    return shifted / np.sum(shifted, axis=-1, keepdims=True)
+
+
+@dataclass
+class SampleResult:
+    """Outcome of one training sample."""
+
+    loss: float
+    correct: bool
+    pulses_up: int
+    pulses_down: int
+
+
+class CrossbarMLP:
+    """A 784-…-10 perceptron whose layers live on crossbar tiles."""
+
+    def __init__(self, config: Config, n_inputs: int = 784, n_classes: int = 10):
+        self.config = config
+        seed = config.training.seed
+        widths = [n_inputs, *config.network.hidden, n_classes]
+        scales = config.network.layer_scales()
+        self.layers: list[CrossbarLayer] = []
+        for index, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+            layer = CrossbarLayer(
+                n_in,
+                n_out,
+                device=config.device,
+                tile=config.tile,
+                update_config=config.update,
+                out_scale=scales[index],
+                seed=seed,
+                index=index,
+                param_rng=child_rng(seed, _SEED_DEVICE_PARAMETERS, index),
+            )
+            layer.program_weights(self.initial_weights(index, n_in, n_out) / layer.out_scale)
+            self.layers.append(layer)
+
+    def initial_weights(self, index: int, n_in: int, n_out: int) -> np.ndarray:
+        """Return the effective initial weights of layer ``index``, bias column included.
+
+        Uniform in ±1/√n_in by default. The draw depends only on the seed and the layer, so
+        runs with different devices start from the same effective weights.
+        """
+        bound = self.config.network.init_bound
+        if bound == INIT_FAN_IN:
+            bound = 1.0 / np.sqrt(n_in)
+        rng = child_rng(self.config.training.seed, _SEED_INITIAL_WEIGHTS, index)
+        return rng.uniform(-bound, bound, size=(n_out, n_in + 1))
+
+    def forward(self, x: np.ndarray) -> list[np.ndarray]:
+        """Return the activations of every layer for one input, the input first."""
+        activations = [x]
+        for layer in self.layers[:-1]:
+            activations.append(sigmoid(layer.forward(activations[-1])))
+        activations.append(softmax(self.layers[-1].forward(activations[-1])))
+        return activations
+
+    def errors(self, activations: list[np.ndarray], label: int) -> list[np.ndarray]:
+        """Return the negative gradient of the cross-entropy at each layer's output."""
+        probabilities = activations[-1]
+        d = -probabilities
+        d[label] += 1.0
+        errors = [d]
+        for position in range(len(self.layers) - 1, 0, -1):
+            back = self.layers[position].backward(errors[0])[:-1]
+            a = activations[position]
+            errors.insert(0, back * a * (1.0 - a))
+        return errors
+
+    def train_batch(self, images: np.ndarray, labels: np.ndarray, learning_rate: float, first_update: int) -> list[SampleResult]:
+        """Train on a mini-batch: all forward and backward passes, then one update per sample.
+
+        The cross-entropy is averaged over the batch, so each sample's rank-1 update carries
+        η / batch size. Update k of the batch uses the pulse streams of update index
+        ``first_update + k``.
+        """
+        passes = []
+        results = []
+        for x, label in zip(images, labels):
+            activations = self.forward(x)
+            errors = self.errors(activations, int(label))
+            passes.append((activations, errors))
+            probability = activations[-1][label]
+            loss = -float(np.log(max(probability, 1e-300)))
+            correct = int(np.argmax(activations[-1])) == int(label)
+            results.append(SampleResult(loss, correct, 0, 0))
+
+        rate = learning_rate / len(images)
+        for k, (activations, errors) in enumerate(passes):
+            for layer, x, d in zip(self.layers, activations[:-1], errors):
+                up, down = layer.update(x, d, rate, first_update + k)
+                results[k].pulses_up += up
+                results[k].pulses_down += down
+        return results
+
+    def predict_logits(self, images: np.ndarray) -> np.ndarray:
+        """Return the output layer's pre-softmax values for a batch of inputs."""
+        a = images
+        for layer in self.layers[:-1]:
+            a = sigmoid(layer.forward_batch(a))
+        return self.layers[-1].forward_batch(a)
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray, chunk: int = 2000) -> tuple[float, float]:
+        """Return the mean cross-entropy and the error rate on a labelled set."""
+        total_loss = 0.0
+        wrong = 0
+        for start in range(0, len(images), chunk):
+            logits = self.predict_logits(images[start : start + chunk])
+            target = labels[start : start + chunk]
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            total_loss -= float(log_probabilities[np.arange(len(target)), target].sum())
+            wrong += int(np.count_nonzero(np.argmax(logits, axis=1) != target))
+        return total_loss / len(images), wrong / len(images)

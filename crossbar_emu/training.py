@@ -1,0 +1,175 @@
+"""The training loop: epochs of per-sample SGD on crossbar layers, evaluation and logging."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+from tqdm import tqdm
+
+from .config import Config
+from .network import SEED_SAMPLE_ORDER, CrossbarMLP, child_rng
+from .results import ResultFile
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    learning_rate: float
+    train_loss: float
+    train_error: float
+    test_loss: float
+    test_error: float
+    seconds: float
+    samples_per_second: float
+    pulses_up: int
+    pulses_down: int
+
+    def as_row(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TrainingSummary:
+    """What a finished (or stopped) run returns."""
+
+    network: CrossbarMLP
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    first_batch_seconds: float = 0.0
+    status: str = "completed"
+
+
+def set_threads(threads: int | None) -> int:
+    """Set the Numba thread count (all cores if None) and return it."""
+    if threads is not None:
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(
+                f"--threads {threads} exceeds the {numba.config.NUMBA_NUM_THREADS} threads Numba "
+                "was started with; lower it or set NUMBA_NUM_THREADS"
+            )
+        numba.set_num_threads(threads)
+    return numba.get_num_threads()
+
+
+def train(
+    config: Config,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    result: ResultFile | None = None,
+    progress: bool = False,
+    network: CrossbarMLP | None = None,
+) -> TrainingSummary:
+    """Train the network for ``config.training.epochs`` and evaluate after each epoch.
+
+    ``train_images`` rows are inputs in [0, 1]. Each epoch is written to ``result`` as soon
+    as it ends. A KeyboardInterrupt stops the run after closing the result file with status
+    ``interrupted``; the finished epochs stay in it.
+    """
+    training = config.training
+    threads = set_threads(config.run.threads)
+    network = network or CrossbarMLP(config, n_inputs=train_images.shape[1])
+    summary = TrainingSummary(network=network)
+    if result is not None:
+        result.write_header(config.to_json(), training.seed, threads)
+        result.write_layers(network.layers)
+
+    n_train = len(train_images)
+    batch = training.batch_size
+    logger.info(
+        "training %s on %s devices, %d train and %d test samples, %d epochs, seed %d, %d threads",
+        "-".join(str(layer.n_in) for layer in network.layers) + f"-{network.layers[-1].n_out}",
+        config.device.kind,
+        n_train,
+        len(test_images),
+        training.epochs,
+        training.seed,
+        threads,
+    )
+
+    update_index = 0
+    try:
+        for epoch in range(1, training.epochs + 1):
+            learning_rate = training.learning_rate(epoch)
+            if training.shuffle:
+                order = child_rng(training.seed, SEED_SAMPLE_ORDER, epoch).permutation(n_train)
+            else:
+                order = np.arange(n_train)
+
+            loss_sum = 0.0
+            wrong = 0
+            pulses_up = 0
+            pulses_down = 0
+            start = time.perf_counter()
+            bar = tqdm(total=n_train, desc=f"epoch {epoch}/{training.epochs}", unit="sample", disable=not progress, leave=False)
+            for first in range(0, n_train, batch):
+                indices = order[first : first + batch]
+                images = np.asarray(train_images[indices], dtype=np.float64)
+                batch_start = time.perf_counter()
+                results = network.train_batch(images, train_labels[indices], learning_rate, update_index)
+                if update_index == 0:
+                    # The first batch compiles the kernels; its time is reported on its own
+                    # and left out of the epoch's steady-state time.
+                    summary.first_batch_seconds = time.perf_counter() - batch_start
+                    logger.info("first batch took %.2f s, JIT compilation included", summary.first_batch_seconds)
+                    start += summary.first_batch_seconds
+                update_index += len(indices)
+                for sample in results:
+                    loss_sum += sample.loss
+                    wrong += not sample.correct
+                    pulses_up += sample.pulses_up
+                    pulses_down += sample.pulses_down
+                bar.update(len(indices))
+                done = first + len(indices)
+                if progress and done % 1000 < batch:
+                    bar.set_postfix(loss=f"{loss_sum / done:.3f}", err=f"{wrong / done:.3f}")
+            bar.close()
+            seconds = time.perf_counter() - start
+
+            test_loss, test_error = network.evaluate(test_images, test_labels)
+            metrics = EpochMetrics(
+                epoch=epoch,
+                learning_rate=learning_rate,
+                train_loss=loss_sum / n_train,
+                train_error=wrong / n_train,
+                test_loss=test_loss,
+                test_error=test_error,
+                seconds=seconds,
+                samples_per_second=n_train / seconds,
+                pulses_up=pulses_up,
+                pulses_down=pulses_down,
+            )
+            summary.epochs.append(metrics)
+            logger.info(
+                "epoch %d: train loss %.4f, train error %.2f %%, test error %.2f %%, %.1f s, %.0f samples/s, %d pulses",
+                epoch,
+                metrics.train_loss,
+                100 * metrics.train_error,
+                100 * metrics.test_error,
+                seconds,
+                metrics.samples_per_second,
+                pulses_up + pulses_down,
+            )
+            if result is not None:
+                result.append_epoch(metrics.as_row(), network.layers)
+    except KeyboardInterrupt:
+        summary.status = "interrupted"
+        logger.warning("interrupted during epoch %d; the finished epochs are saved", len(summary.epochs) + 1)
+        if result is not None:
+            result.close("interrupted")
+        raise
+    except BaseException:
+        summary.status = "failed"
+        if result is not None:
+            result.close("failed")
+        raise
+    if result is not None:
+        result.close("completed")
+    return summary

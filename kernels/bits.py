@@ -1,0 +1,46 @@
+"""Bit-stream helpers for the stochastic pulse coincidence scheme."""
+
+import numba
+import numpy as np
+
+from .jit import INLINE
+from .rng import stream_key, uniform
+
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+_S1 = np.uint64(1)
+_S2 = np.uint64(2)
+_S4 = np.uint64(4)
+_S56 = np.uint64(56)
+_ZERO = np.uint64(0)
+
+MAX_BIT_LENGTH = 64
+
+
+@numba.njit(**INLINE)
+def popcount(word):
+    """Return the number of set bits of a uint64 (SWAR population count)."""
+    word = word - ((word >> _S1) & _M1)
+    word = (word & _M2) + ((word >> _S2) & _M2)
+    word = (word + (word >> _S4)) & _M4
+    return int((word * _H01) >> _S56)
+
+
+@numba.njit(**INLINE)
+def draw_stream(value, scale, bit_length, seed, update_index, stream, index):
+    """Return a BL-slot Bernoulli stream packed in a uint64, slot k in bit k.
+
+    Each slot is 1 with probability min(1, scale * |value|). The draws are keyed by
+    (seed, update_index, stream, index), so every row sees the same stream for a column.
+    """
+    probability = min(1.0, scale * abs(value))
+    if probability <= 0.0:
+        return _ZERO
+    key = stream_key(seed, update_index, stream, index)
+    word = _ZERO
+    for slot in range(bit_length):
+        if uniform(key, slot) < probability:
+            word |= _S1 << np.uint64(slot)
+    return word
