@@ -247,7 +247,7 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             progress=not args.no_progress,
         )
     except KeyboardInterrupt:
-        logger.warning("stopped by the user; %s holds the finished epochs", out)
+        logger.warning("interrupted; %s contains the finished epochs", out)
         return EXIT_INTERRUPTED
     final = summary.epochs[-1]
     logger.info("done: test error %.2f %% after %d epochs; results in %s", 100 * final.test_error, final.epoch, out)

@@ -2,7 +2,7 @@
 
 A layer of n_in inputs and n_out outputs is stored as n_out × (n_in + 1) devices, the last
 column carrying the bias driven by a constant 1. The devices are split over tiles of at most
-``max_rows`` × ``max_cols``: tile (r, c) holds rows row_bounds[r]:row_bounds[r + 1] and
+``max_rows`` × ``max_cols``: tile (r, c) contains rows row_bounds[r]:row_bounds[r + 1] and
 columns col_bounds[c]:col_bounds[c + 1]. Each tile computes partial sums that the
 periphery adds digitally and multiplies by the layer's output scale s.
 

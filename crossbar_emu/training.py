@@ -36,7 +36,7 @@ class EpochMetrics:
 
 @dataclass
 class TrainingSummary:
-    """What a finished (or stopped) run returns."""
+    """Result of a finished or stopped run: the network and its epoch metrics."""
 
     network: CrossbarMLP
     epochs: list[EpochMetrics] = field(default_factory=list)

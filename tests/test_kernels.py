@@ -9,7 +9,7 @@ import pytest
 
 from crossbar_emu.kernels import bits, device_laws, mvm, rng, update
 
-from . import naive
+import naive
 
 
 @numba.njit
@@ -130,7 +130,7 @@ def test_pulse_at_bound_stays_at_bound():
     for kind in (device_laws.NOISE_MULTIPLICATIVE, device_laws.NOISE_ADDITIVE):
         assert _up(b_max, alpha, b_max, b_min, 0.0, kind) == b_max
         assert _down(b_min, alpha, b_max, b_min, 0.0, kind) == b_min
-        # A large step would overshoot the bound; the clip holds the conductance there.
+        # A large step would overshoot the bound; the clip keeps the conductance at the bound.
         assert _up(0.5, 0.5, b_max, b_min, 3.0, kind) == b_max
         assert _down(-0.4, 0.5, b_max, b_min, 3.0, kind) == b_min
 

@@ -12,7 +12,7 @@ from crossbar_emu import Config, CrossbarLayer, CrossbarMLP
 from crossbar_emu.network import child_rng
 from crossbar_emu.tiles import tile_bounds
 
-from . import naive
+import naive
 
 
 def _layer(n_in, n_out, tile_size, reference="cell", seed=3, **device):
@@ -198,7 +198,8 @@ def _train_in_subprocess(tmp_path, threads, name):
         sys.executable, "-m", "crossbar_emu", "train", "--train-limit", "400", "--test-limit", "100",
         "--epochs", "1", "--tile-size", "200x300", "--imbalance", "0.2", "--out", str(out), "--no-progress",
     ]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    # Run outside the checkout, so that the installed package is imported, not the sources.
+    completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     with h5py.File(out, "r") as file:
         return [file[f"layers/layer_{k}/conductance"][...] for k in range(3)], file["metrics"][...]
