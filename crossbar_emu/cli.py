@@ -8,7 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import DEVICE_KINDS, NOISE_KINDS, REFERENCE_LAYOUTS, Config, ConfigError, load_config
+from .config import (
+    DEFAULT_CALIBRATION_AVERAGE,
+    DEFAULT_CALIBRATION_PAIRS,
+    DEVICE_KINDS,
+    NOISE_KINDS,
+    REFERENCE_LAYOUTS,
+    ZERO_SHIFT_MODES,
+    Config,
+    ConfigError,
+    load_config,
+)
 
 logger = logging.getLogger("crossbar_emu")
 
@@ -29,6 +39,10 @@ TRAIN_OPTIONS: dict[str, str] = {
     "device.up_down_dtod": "--up-down-dtod",
     "tile.reference": "--reference",
     "tile.reference_value": "--reference-value",
+    "zero_shift.mode": "--zero-shift",
+    "zero_shift.calibration_pairs": "--calibration-pairs",
+    "zero_shift.calibration_average": "--calibration-average",
+    "zero_shift.reference_error": "--reference-error",
     "update.bit_length": "--bl",
     "update.update_management": "--update-management",
     "network.hidden": "--hidden",
@@ -111,9 +125,31 @@ def _add_train_parser(subparsers) -> None:
     tile.add_argument("--reference", choices=REFERENCE_LAYOUTS, help="reference layout: per cell or one column per tile (default cell)")
     tile.add_argument("--reference-value", type=float, help="conductance programmed into the reference devices (default 0)")
 
+    zero_shift = parser.add_argument_group("zero-shifting")
+    zero_shift.add_argument(
+        "--zero-shift",
+        choices=ZERO_SHIFT_MODES,
+        help="program the references to the symmetry point: off, exact (closed form) or pulsed (measured) (default off)",
+    )
+    zero_shift.add_argument(
+        "--calibration-pairs", type=int, metavar="N",
+        help=f"up/down pulse pairs per device in the pulsed measurement (default {DEFAULT_CALIBRATION_PAIRS})",
+    )
+    zero_shift.add_argument(
+        "--calibration-average", type=int, metavar="K",
+        help=f"average the read-out over the last K pairs (default {DEFAULT_CALIBRATION_AVERAGE})",
+    )
+    zero_shift.add_argument(
+        "--reference-error", type=float, metavar="SIGMA",
+        help="programming error σ_ref of each reference device, weight units (default 0)",
+    )
+
     update = parser.add_argument_group("pulsed update")
     update.add_argument("--bl", type=int, help="bit length BL of the pulse streams, 1 to 64 (default 10)")
-    update.add_argument("--update-management", action="store_true", default=None, help="balance the x and δ stream gains (default off)")
+    update.add_argument(
+        "--update-management", action=argparse.BooleanOptionalAction, default=None,
+        help="balance the x and δ stream gains (default off)",
+    )
 
     network = parser.add_argument_group("network")
     network.add_argument("--hidden", type=_int_list, metavar="N,N", help="hidden layer widths (default 256,128)")
@@ -133,7 +169,9 @@ def _add_train_parser(subparsers) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--data-dir", help="MNIST directory (default $CROSSBAR_EMU_DATA, else data/mnist)")
     run.add_argument("--out", help="result file (default runs/<timestamp>.h5)")
-    run.add_argument("--overwrite", action="store_true", default=None, help="replace an existing result file")
+    run.add_argument(
+        "--overwrite", action=argparse.BooleanOptionalAction, default=None, help="replace an existing result file (default off)"
+    )
     run.add_argument("--threads", type=int, help="Numba threads (default: every core)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.set_defaults(handler=_run_train)
@@ -160,6 +198,93 @@ def _add_data_parser(subparsers) -> None:
     fetch.set_defaults(handler=_run_data_fetch)
 
 
+def _add_calibrate_parser(subparsers) -> None:
+    from .zero_shift import START_STATES
+
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="measure symmetry points with pulse pairs and print the convergence table",
+        description="Run only the pulsed symmetry-point measurement on one tile of soft-bound devices "
+        "and print, for each number of up/down pairs, the error of the read-out against the closed form.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file; its [device] table sets the device")
+    parser.add_argument("--tile-size", type=_tile_size, default=(256, 256), metavar="N|ROWSxCOLS", help="devices in the tile (default 256x256)")
+    parser.add_argument(
+        "--pairs", type=_int_list, default=[10, 30, 100, 300, 1000, 2000, 3000], metavar="N,N,...",
+        help="pair counts to measure, each from the start state (default 10,30,100,300,1000,2000,3000)",
+    )
+    parser.add_argument("--average", type=int, default=DEFAULT_CALIBRATION_AVERAGE, metavar="K", help=f"read-out averaged over the last K pairs (default {DEFAULT_CALIBRATION_AVERAGE})")
+    parser.add_argument("--start", choices=START_STATES, default="zero", help="state of the devices before the pairs (default zero)")
+    parser.add_argument("--imbalance", type=float, metavar="U", help="up/down imbalance u in (-1, 1) (default 0)")
+    parser.add_argument("--bound", type=float, metavar="BETA", help="nominal soft bound β (default 0.6)")
+    parser.add_argument("--dw-min", type=float, help="nominal pulse step Δw_min (default 0.001)")
+    parser.add_argument("--noise", choices=NOISE_KINDS, help="form of the cycle-to-cycle noise (default multiplicative)")
+    parser.add_argument("--noise-std", type=float, help="cycle-to-cycle noise σ_c2c (default 0.3)")
+    parser.add_argument("--dw-min-dtod", type=float, help="device-to-device spread of the step (default 0.3)")
+    parser.add_argument("--bound-dtod", type=float, help="device-to-device spread of the bounds (default 0.3)")
+    parser.add_argument("--up-down-dtod", type=float, help="device-to-device spread of the up/down difference (default 0.01)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the device parameters and pulse noise (default 0)")
+    parser.add_argument("--threads", type=int, help="Numba threads (default: every core)")
+    parser.set_defaults(handler=_run_calibrate)
+
+
+CALIBRATE_OPTIONS = {key: option for key, option in TRAIN_OPTIONS.items() if key.startswith("device.") and key != "device.kind"}
+
+
+def _run_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import numba
+    import numpy as np
+
+    from .network import child_rng
+    from .tiles import CrossbarLayer
+    from .zero_shift import convergence_table
+
+    overrides = {}
+    for key, option in CALIBRATE_OPTIONS.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            overrides[key] = value
+    rows, cols = args.tile_size
+    overrides.update({"tile.max_rows": rows, "tile.max_cols": cols, "training.seed": args.seed, "run.threads": args.threads})
+    try:
+        config = (load_config(args.config) if args.config else Config()).replace(overrides)
+    except ConfigError as error:
+        options = dict(CALIBRATE_OPTIONS, **{"training.seed": "--seed", "run.threads": "--threads"})
+        parser.exit(EXIT_USAGE, f"crossbar-emu calibrate: error: {_describe_config_error(error, options)}\n")
+    if config.device.kind != "softbounds":
+        parser.exit(EXIT_USAGE, f"crossbar-emu calibrate: error: device.kind = {config.device.kind!r} has no symmetry point; use softbounds\n")
+    for count in args.pairs:
+        if count < 1:
+            parser.exit(EXIT_USAGE, f"crossbar-emu calibrate: error: invalid value for --pairs: {count}; each count must be >= 1\n")
+    if args.average < 1:
+        parser.exit(EXIT_USAGE, f"crossbar-emu calibrate: error: invalid value for --average: {args.average}; must be >= 1\n")
+    if config.run.threads is not None:
+        if config.run.threads > numba.config.NUMBA_NUM_THREADS:
+            parser.exit(EXIT_USAGE, f"crossbar-emu calibrate: error: invalid value for --threads: {config.run.threads}; must be in [1, {numba.config.NUMBA_NUM_THREADS}]\n")
+        numba.set_num_threads(config.run.threads)
+
+    layer = CrossbarLayer(
+        cols - 1, rows, device=config.device, tile=config.tile, update_config=config.update,
+        out_scale=1.0, seed=args.seed, index=0, param_rng=child_rng(args.seed, 1, 0),
+    )
+    device = config.device
+    time_constant = float(np.mean(device.bound / (layer.params.alpha_up + layer.params.alpha_down)))
+    print(
+        f"# tile {rows}x{cols}, u = {device.imbalance:g}, beta = {device.bound:g}, dw_min = {device.dw_min:g}, "
+        f"noise {device.noise} {device.noise_std:g}, start {args.start}, seed {args.seed}"
+    )
+    print(f"# mean time constant beta / (alpha_up + alpha_down): {time_constant:.0f} pairs; errors in weight units and in dw_min")
+    print(f"{'pairs':>6} {'average':>7} {'pulses':>7} {'mean|err|':>10} {'std|err|':>10} {'max|err|':>10} {'mean err':>10} {'mean/dw':>8} {'s':>6}")
+    table = convergence_table(layer, args.pairs, args.average, args.start, args.seed)
+    for row in table:
+        print(
+            f"{row['pairs']:6d} {row['average']:7d} {row['pulses_per_device']:7d} {row['mean_abs_error']:10.2e} "
+            f"{row['std_abs_error']:10.2e} {row['max_abs_error']:10.2e} {row['mean_error']:10.2e} "
+            f"{row['mean_abs_error'] / device.dw_min:8.2f} {row['seconds']:6.2f}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crossbar-emu",
@@ -168,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_parser(subparsers)
+    _add_calibrate_parser(subparsers)
     _add_data_parser(subparsers)
     return parser
 
@@ -186,8 +312,6 @@ def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _describe_config_error(error: ConfigError, options: dict[str, str]) -> str:
     option = options.get(error.key)
-    if error.key == "tile.max_rows" or error.key == "tile.max_cols":
-        option = "--tile-size"
     name = f"{option} ({error.key})" if option else error.key
     return f"invalid value for {name}: {error.value!r}; {error.rule}"
 
@@ -204,7 +328,11 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     try:
         config = resolve_train_config(args)
     except ConfigError as error:
-        parser.exit(EXIT_USAGE, f"crossbar-emu train: error: {_describe_config_error(error, TRAIN_OPTIONS)}\n")
+        # Name the option only where the value came from the command line, not the file.
+        given = {key: option for key, option in TRAIN_OPTIONS.items() if key in _option_overrides(args)}
+        if args.tile_size is not None:
+            given["tile.max_rows"] = given["tile.max_cols"] = "--tile-size"
+        parser.exit(EXIT_USAGE, f"crossbar-emu train: error: {_describe_config_error(error, given)}\n")
     if config.run.threads is not None and config.run.threads > numba.config.NUMBA_NUM_THREADS:
         parser.exit(
             EXIT_USAGE,

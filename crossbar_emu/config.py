@@ -18,6 +18,9 @@ from typing import Any
 DEVICE_KINDS = ("softbounds", "float")
 NOISE_KINDS = ("multiplicative", "additive")
 REFERENCE_LAYOUTS = ("cell", "column")
+ZERO_SHIFT_MODES = ("off", "exact", "pulsed")
+DEFAULT_CALIBRATION_PAIRS = 2000
+DEFAULT_CALIBRATION_AVERAGE = 500
 INIT_FAN_IN = "fan_in"
 
 
@@ -40,11 +43,15 @@ def _check_range(key, value, low=None, high=None, low_open=False, high_open=Fals
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)
     if below or above:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        low_text = "-inf" if low is None else f"{low:g}"
-        high_text = "inf" if high is None else f"{high:g}"
-        raise ConfigError(key, value, f"must be in {left}{low_text}, {high_text}{right}")
+        left = "(" if low_open or low is None else "["
+        right = ")" if high_open or high is None else "]"
+        raise ConfigError(key, value, f"must be in {left}{_bound_text(low, '-inf')}, {_bound_text(high, 'inf')}{right}")
+
+
+def _bound_text(bound, unbounded):
+    if bound is None:
+        return unbounded
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 def _check_choice(key, value, choices):
@@ -121,6 +128,56 @@ class TileConfig:
 
 
 @dataclass(frozen=True)
+class ZeroShiftConfig:
+    """Zero-shifting: program each reference to its device's symmetry point w*.
+
+    Kim et al., "Zero-shifting Technique for Deep Neural Network Training on Resistive
+    Cross-point Arrays", arXiv:1907.10228 (2019).
+    """
+
+    mode: str = "off"
+    """``off``: the references keep tile.reference_value. ``exact``: the closed-form w*.
+    ``pulsed``: w* measured with alternating up/down pulse pairs on each device."""
+    calibration_pairs: int | None = None
+    """N: up/down pulse pairs per device in the pulsed measurement (2000 if unset)."""
+    calibration_average: int | None = None
+    """K: the read-out averages the conductance over the last K pairs (min(500, N) if unset)."""
+    reference_error: float = 0.0
+    """σ_ref, weight units: programming error of each reference device, g_ref = target + σ_ref ξ."""
+
+    def __post_init__(self):
+        _check_choice("zero_shift.mode", self.mode, ZERO_SHIFT_MODES)
+        _check_range("zero_shift.reference_error", self.reference_error, 0.0, None)
+        for key in ("calibration_pairs", "calibration_average"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if self.mode != "pulsed":
+                raise ConfigError(
+                    f"zero_shift.{key}", value, f"applies only to zero_shift.mode = \"pulsed\", not \"{self.mode}\"; unset it or use the pulsed mode"
+                )
+            _check_range(f"zero_shift.{key}", value, 1, None, kind=int)
+        if self.mode == "pulsed" and self.average > self.pairs:
+            raise ConfigError(
+                "zero_shift.calibration_average",
+                self.average,
+                f"must not exceed zero_shift.calibration_pairs = {self.pairs}",
+            )
+
+    @property
+    def pairs(self) -> int:
+        """N in effect."""
+        return DEFAULT_CALIBRATION_PAIRS if self.calibration_pairs is None else self.calibration_pairs
+
+    @property
+    def average(self) -> int:
+        """K in effect."""
+        if self.calibration_average is not None:
+            return self.calibration_average
+        return min(DEFAULT_CALIBRATION_AVERAGE, self.pairs)
+
+
+@dataclass(frozen=True)
 class UpdateConfig:
     """Stochastic pulsed update (Gokmen & Vlasov 2016)."""
 
@@ -149,6 +206,11 @@ class NetworkConfig:
     layer. The effective weight is s (g − g_ref)."""
 
     def __post_init__(self):
+        if isinstance(self.hidden, (str, bytes)) or not hasattr(self.hidden, "__iter__"):
+            if isinstance(self.hidden, int) and not isinstance(self.hidden, bool):
+                object.__setattr__(self, "hidden", (self.hidden,))
+            else:
+                raise ConfigError("network.hidden", self.hidden, "must be a list of layer widths, such as [256, 128]")
         hidden = tuple(self.hidden)
         object.__setattr__(self, "hidden", hidden)
         for width in hidden:
@@ -236,6 +298,10 @@ class RunConfig:
     """Numba threads; unset means every core."""
 
     def __post_init__(self):
+        for key in ("data_dir", "out"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"run.{key}", value, "must be a path string")
         if self.threads is not None:
             _check_range("run.threads", self.threads, 1, None, kind=int)
         if not isinstance(self.overwrite, bool):
@@ -249,9 +315,19 @@ class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     tile: TileConfig = field(default_factory=TileConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
+    zero_shift: ZeroShiftConfig = field(default_factory=ZeroShiftConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if self.zero_shift.mode != "off" and self.device.kind != "softbounds":
+            raise ConfigError(
+                "zero_shift.mode",
+                self.zero_shift.mode,
+                f"needs a device with a symmetry point; device.kind = \"{self.device.kind}\" has none, "
+                "so use softbounds or zero_shift.mode = \"off\"",
+            )
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Return the configuration as nested plain dicts (tuples become lists)."""
@@ -288,6 +364,7 @@ _SECTIONS = {
     "device": DeviceConfig,
     "tile": TileConfig,
     "update": UpdateConfig,
+    "zero_shift": ZeroShiftConfig,
     "network": NetworkConfig,
     "training": TrainingConfig,
     "run": RunConfig,
@@ -300,7 +377,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        # JSON escapes are valid TOML escapes; TOML also needs DEL escaped, and takes
+        # characters outside the Basic Multilingual Plane literally, not as surrogates.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")

@@ -8,11 +8,13 @@ import numpy as np
 
 from .config import INIT_FAN_IN, Config
 from .tiles import CrossbarLayer
+from .zero_shift import Calibration, zero_shift_layer
 
 # Labels of the independent random streams derived from the run seed.
 _SEED_DEVICE_PARAMETERS = 1
 _SEED_INITIAL_WEIGHTS = 2
 SEED_SAMPLE_ORDER = 3
+_SEED_REFERENCE_ERROR = 4
 
 
 def child_rng(seed: int, purpose: int, *keys: int) -> np.random.Generator:
@@ -49,6 +51,7 @@ class CrossbarMLP:
         widths = [n_inputs, *config.network.hidden, n_classes]
         scales = config.network.layer_scales()
         self.layers: list[CrossbarLayer] = []
+        self.calibrations: list[Calibration] = []
         for index, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
             layer = CrossbarLayer(
                 n_in,
@@ -61,8 +64,14 @@ class CrossbarMLP:
                 index=index,
                 param_rng=child_rng(seed, _SEED_DEVICE_PARAMETERS, index),
             )
+            # Zero-shifting sets the references first; the initial weights are then
+            # programmed around them: g = g_ref + w_init / s, clipped to the device bounds.
+            calibration = zero_shift_layer(
+                layer, config.zero_shift, seed=layer.stream_seed, rng=child_rng(seed, _SEED_REFERENCE_ERROR, index)
+            )
             layer.program_weights(self.initial_weights(index, n_in, n_out) / layer.out_scale)
             self.layers.append(layer)
+            self.calibrations.append(calibration)
 
     def initial_weights(self, index: int, n_in: int, n_out: int) -> np.ndarray:
         """Return the effective initial weights of layer ``index``, bias column included.

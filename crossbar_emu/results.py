@@ -7,11 +7,16 @@ Layout (schema version 1):
   ``completed``, ``interrupted`` or ``failed``), ``epochs_completed``, ``threads``,
   ``numba_version``, ``numpy_version``;
 - ``metrics``: one row per finished epoch, a resizable compound dataset written and flushed
-  at the end of each epoch;
+  at the end of each epoch, with the fields of METRICS_DTYPE: ``epoch``, ``learning_rate``,
+  ``train_loss``, ``train_error``, ``test_loss``, ``test_error``, ``seconds``,
+  ``samples_per_second``, ``pulses_up``, ``pulses_down``;
 - ``layers/layer_<k>``: attributes ``n_in``, ``n_out``, ``out_scale``, ``row_bounds``,
   ``col_bounds``, ``reference_layout``, ``device_kind``; datasets ``alpha_up``,
   ``alpha_down``, ``b_max``, ``b_min``, ``reference``, ``conductance_initial`` and
-  ``conductance`` (the state after the last finished epoch, attribute ``epoch``).
+  ``conductance`` (the state after the last finished epoch, attribute ``epoch``);
+  zero-shifting: attributes ``zero_shift``, ``reference_error``, ``calibration_pairs``,
+  ``calibration_average``, ``calibration_pulses``; datasets ``symmetry_point`` (closed form,
+  softbounds only), ``symmetry_point_measured`` and ``calibration`` (per tile, pulsed only).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import h5py
 import numba
 import numpy as np
 
+from .config import ZeroShiftConfig
 from .tiles import CrossbarLayer
+from .zero_shift import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,16 @@ _LAYER_DATASETS = {
     ),
     "conductance_initial": ("weight units", "device conductance g after programming the initial weights"),
     "conductance": ("weight units", "device conductance g after the last finished epoch"),
+    "symmetry_point": ("weight units", "closed-form symmetry point w* of each device"),
+    "symmetry_point_measured": (
+        "weight units",
+        "symmetry point read out after the alternating up/down pulse pairs, per device",
+    ),
+    "calibration": (
+        "pulses: count; errors: weight units",
+        "per tile: pulses spent measuring w*, and mean, standard deviation and maximum of "
+        "|measured - closed form|, and the mean signed difference",
+    ),
 }
 
 
@@ -84,12 +101,12 @@ class ResultExistsError(FileExistsError):
 
 def check_writable(path: Path, overwrite: bool) -> None:
     """Raise before any work if the run could not create its result file at ``path``."""
+    if path.is_dir():
+        raise ResultExistsError(f"result path {path} is a directory; give a file name with --out")
     if path.exists() and not overwrite:
         raise ResultExistsError(
             f"result file {path} already exists; choose another --out or pass --overwrite to replace it"
         )
-    if path.exists() and path.is_dir():
-        raise ResultExistsError(f"result path {path} is a directory; give a file name with --out")
 
 
 class ResultFile:
@@ -120,10 +137,12 @@ class ResultFile:
         attrs["numpy_version"] = np.__version__
         self.file.flush()
 
-    def write_layers(self, layers: list[CrossbarLayer]) -> None:
+    def write_layers(
+        self, layers: list[CrossbarLayer], calibrations: list[Calibration], zero_shift: ZeroShiftConfig
+    ) -> None:
         """Store each layer's geometry, device parameters, reference and initial state."""
         group = self.file.create_group("layers")
-        for layer in layers:
+        for layer, calibration in zip(layers, calibrations):
             sub = group.create_group(f"layer_{layer.index}")
             sub.attrs["n_in"] = layer.n_in
             sub.attrs["n_out"] = layer.n_out
@@ -141,6 +160,16 @@ class ResultFile:
                 "conductance_initial": layer.conductance,
                 "conductance": layer.conductance,
             }
+            if layer.is_pulsed:
+                arrays["symmetry_point"] = calibration.closed_form
+            if calibration.measured is not None:
+                arrays["symmetry_point_measured"] = calibration.measured
+                arrays["calibration"] = calibration.tiles
+            sub.attrs["zero_shift"] = zero_shift.mode
+            sub.attrs["reference_error"] = zero_shift.reference_error
+            sub.attrs["calibration_pairs"] = zero_shift.pairs if zero_shift.mode == "pulsed" else 0
+            sub.attrs["calibration_average"] = zero_shift.average if zero_shift.mode == "pulsed" else 0
+            sub.attrs["calibration_pulses"] = calibration.pulses
             for name, array in arrays.items():
                 dataset = sub.create_dataset(name, data=array, compression="gzip", compression_opts=4, shuffle=True)
                 units, description = _LAYER_DATASETS[name]

@@ -46,14 +46,15 @@ class TrainingSummary:
 
 def set_threads(threads: int | None) -> int:
     """Set the Numba thread count (all cores if None) and return it."""
-    if threads is not None:
-        if threads > numba.config.NUMBA_NUM_THREADS:
-            raise ValueError(
-                f"--threads {threads} exceeds the {numba.config.NUMBA_NUM_THREADS} threads Numba "
-                "was started with; lower it or set NUMBA_NUM_THREADS"
-            )
-        numba.set_num_threads(threads)
-    return numba.get_num_threads()
+    if threads is None:
+        threads = numba.config.NUMBA_NUM_THREADS
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(
+            f"--threads {threads} exceeds the {numba.config.NUMBA_NUM_THREADS} threads Numba "
+            "was started with; lower it or set NUMBA_NUM_THREADS"
+        )
+    numba.set_num_threads(threads)
+    return threads
 
 
 def train(
@@ -75,11 +76,16 @@ def train(
     """
     training = config.training
     threads = set_threads(config.run.threads)
-    network = network or CrossbarMLP(config, n_inputs=train_images.shape[1])
+    try:
+        network = network or CrossbarMLP(config, n_inputs=train_images.shape[1])
+        if result is not None:
+            result.write_header(config.to_json(), training.seed, threads)
+            result.write_layers(network.layers, network.calibrations, config.zero_shift)
+    except BaseException:
+        if result is not None:
+            result.close("failed")
+        raise
     summary = TrainingSummary(network=network)
-    if result is not None:
-        result.write_header(config.to_json(), training.seed, threads)
-        result.write_layers(network.layers)
 
     n_train = len(train_images)
     batch = training.batch_size

@@ -149,3 +149,30 @@ class NaiveMLP:
         for k, w in enumerate(self.weights):
             self.update(k, w, np.append(activations[k], 1.0), errors[k], lr / self.scales[k], update_index)
         return -math.log(activations[-1][label])
+
+
+STREAM_CALIBRATION_NOISE = 4
+
+
+def alternating_pairs(conductance, alpha_up, alpha_down, b_max, b_min, n_pairs, n_average, noise_std, additive, seed, round_index):
+    """Return (final conductance, read-out) after n_pairs up/down pairs on every device."""
+    g = np.array(conductance, dtype=np.float64, copy=True)
+    readout = np.zeros_like(g)
+    n_rows, n_cols = g.shape
+    for i in range(n_rows):
+        key = stream_key(seed, round_index, STREAM_CALIBRATION_NOISE, i)
+        counter = 0
+        for j in range(n_cols):
+            states = []
+            for _ in range(n_pairs):
+                noise_up, noise_down = 0.0, 0.0
+                if noise_std > 0:
+                    first, second = normal_pair(key, counter)
+                    counter += 2
+                    noise_up, noise_down = noise_std * first, noise_std * second
+                g[i, j] = soft_bounds_step(g[i, j], True, alpha_up[i, j], b_max[i, j], b_min[i, j], noise_up, additive)
+                states.append(g[i, j])
+                g[i, j] = soft_bounds_step(g[i, j], False, alpha_down[i, j], b_max[i, j], b_min[i, j], noise_down, additive)
+                states.append(g[i, j])
+            readout[i, j] = np.mean(states[-2 * n_average :])
+    return g, readout
