@@ -19,7 +19,7 @@ DEVICE_KINDS = ("softbounds", "float")
 NOISE_KINDS = ("multiplicative", "additive")
 REFERENCE_LAYOUTS = ("cell", "column")
 ZERO_SHIFT_MODES = ("off", "exact", "pulsed")
-DEFAULT_CALIBRATION_PAIRS = 2000
+DEFAULT_CALIBRATION_PAIRS = 3000
 DEFAULT_CALIBRATION_AVERAGE = 500
 INIT_FAN_IN = "fan_in"
 
@@ -139,7 +139,7 @@ class ZeroShiftConfig:
     """``off``: the references keep tile.reference_value. ``exact``: the closed-form w*.
     ``pulsed``: w* measured with alternating up/down pulse pairs on each device."""
     calibration_pairs: int | None = None
-    """N: up/down pulse pairs per device in the pulsed measurement (2000 if unset)."""
+    """N: up/down pulse pairs per device in the pulsed measurement (3000 if unset)."""
     calibration_average: int | None = None
     """K: the read-out averages the conductance over the last K pairs (min(500, N) if unset)."""
     reference_error: float = 0.0

@@ -235,3 +235,81 @@ def test_invalid_zero_shift_settings(overrides, key):
     with pytest.raises(ConfigError) as raised:
         Config().replace(overrides)
     assert raised.value.key == key
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        (["--reference-error", "-0.1"], "--reference-error (zero_shift.reference_error): -0.1"),
+        (["--zero-shift", "pulsed", "--calibration-pairs", "0"], "--calibration-pairs (zero_shift.calibration_pairs): 0"),
+        (["--calibration-pairs", "100"], "applies only to zero_shift.mode = \"pulsed\""),
+        (["--zero-shift", "exact", "--device", "float"], "has none"),
+    ],
+)
+def test_cli_rejects_invalid_zero_shift(options, fragment, tmp_path, capsys):
+    from crossbar_emu.cli import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["train", *options, "--out", str(tmp_path / "run.h5")])
+    assert raised.value.code == 2
+    assert fragment in capsys.readouterr().err
+    assert not (tmp_path / "run.h5").exists()
+
+
+def test_cli_calibrate_prints_convergence_table(capsys):
+    from crossbar_emu.cli import main
+
+    assert main(["calibrate", "--tile-size", "16x8", "--pairs", "10,3000", "--imbalance", "0.5", "--noise-std", "0"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert lines[0].split()[:3] == ["pairs", "average", "pulses"]
+    short, long = (line.split() for line in lines[1:3])
+    assert short[0] == "10"
+    assert long[0] == "3000"
+    assert long[2] == "6000"
+    # The mean error falls with more pairs, from 0.2 to a few Δw_min; the slowest devices
+    # (small steps) keep it above the typical one.
+    assert float(long[3]) < float(short[3]) / 10
+    assert float(long[3]) < 0.01
+
+
+def test_cli_calibrate_rejects_bad_pairs(capsys):
+    from crossbar_emu.cli import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["calibrate", "--pairs", "10,0"])
+    assert raised.value.code == 2
+    assert "--pairs: 0" in capsys.readouterr().err
+
+
+@pytest.mark.mnist
+def test_result_file_records_calibration(tmp_path, mnist):
+    import h5py
+
+    from crossbar_emu.cli import main
+
+    out = tmp_path / "zs.h5"
+    code = main([
+        "train", "--zero-shift", "pulsed", "--calibration-pairs", "200", "--calibration-average", "50",
+        "--reference", "column", "--reference-error", "0.02", "--imbalance", "0.5", "--tile-size", "128",
+        "--hidden", "32", "--train-limit", "200", "--test-limit", "100", "--epochs", "1", "--out", str(out), "--no-progress",
+    ])
+    assert code == 0
+    with h5py.File(out, "r") as file:
+        layer = file["layers/layer_0"]
+        assert layer.attrs["zero_shift"] == "pulsed"
+        assert layer.attrs["calibration_pairs"] == 200
+        assert layer.attrs["calibration_average"] == 50
+        assert layer.attrs["reference_error"] == 0.02
+        assert layer.attrs["calibration_pulses"] == 2 * 200 * 32 * 785
+        assert layer["symmetry_point"].shape == (32, 785)
+        assert layer["symmetry_point_measured"].shape == (32, 785)
+        assert layer["reference"].shape == (32, 7)
+        table = layer["calibration"][...]
+        assert len(table) == 7
+        assert table["pulses"].sum() == layer.attrs["calibration_pulses"]
+        for name in ("symmetry_point", "symmetry_point_measured", "calibration"):
+            assert "units" in layer[name].attrs
+            assert "description" in layer[name].attrs
