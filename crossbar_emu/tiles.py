@@ -8,7 +8,9 @@ periphery adds digitally and multiplies by the layer's output scale s.
 
 The weight of a cross-point is w = g − g_ref. The layer keeps three arrays of the full
 layer shape: the device conductances g, the reference conductance seen by each cell and the
-weights w, which the update kernels keep equal to g − g_ref at every cell they touch.
+weights w, which the update kernels keep equal to g − g_ref at every cell they touch. The
+weights are stored transposed (``weights_t``, n_in + 1 rows) for the matrix-vector products;
+``weights`` is the (n_out, n_in + 1) view of the same memory.
 """
 
 from __future__ import annotations
@@ -92,9 +94,14 @@ class CrossbarLayer:
         self.reference_values = self._reference_storage(tile.reference_value)
         self.reference = self.expand_reference(self.reference_values)
         self.conductance = self.reference.copy()
-        self.weights = np.zeros(shape)
+        self.weights_t = np.zeros((self.n_cols, n_out))
         self._pulses_up = np.zeros(n_out, dtype=np.int64)
         self._pulses_down = np.zeros(n_out, dtype=np.int64)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """w = g − g_ref, (n_out, n_in + 1): a view of ``weights_t``, writable in place."""
+        return self.weights_t.T
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -149,14 +156,14 @@ class CrossbarLayer:
         """Return y = s W [x, 1] for one input vector of length n_in."""
         if out is None:
             out = np.empty(self.n_out)
-        mvm.forward(weights=self.weights, x=x, bias=1.0, col_bounds=self.col_bounds, out_scale=self.out_scale, out=out)
+        mvm.forward(weights_t=self.weights_t, x=x, bias=1.0, col_bounds=self.col_bounds, out_scale=self.out_scale, out=out)
         return out
 
     def forward_batch(self, inputs: np.ndarray) -> np.ndarray:
         """Return s W [x, 1] for each row x of ``inputs`` (n_samples × n_in)."""
         out = np.empty((inputs.shape[0], self.n_out))
         mvm.forward_batch(
-            weights=self.weights, inputs=inputs, bias=1.0, col_bounds=self.col_bounds, out_scale=self.out_scale, out=out
+            weights_t=self.weights_t, inputs=inputs, bias=1.0, col_bounds=self.col_bounds, out_scale=self.out_scale, out=out
         )
         return out
 
@@ -164,7 +171,7 @@ class CrossbarLayer:
         """Return z = s Wᵀ d, of length n_in + 1 (the bias column's entry last)."""
         if out is None:
             out = np.empty(self.n_cols)
-        mvm.backward(weights=self.weights, d=d, row_bounds=self.row_bounds, out_scale=self.out_scale, out=out)
+        mvm.backward(weights_t=self.weights_t, d=d, row_bounds=self.row_bounds, out_scale=self.out_scale, out=out)
         return out
 
     def update(self, x: np.ndarray, d: np.ndarray, learning_rate: float, update_index: int) -> tuple[int, int]:
@@ -178,7 +185,7 @@ class CrossbarLayer:
             update.exact_update(
                 conductance=self.conductance,
                 reference=self.reference,
-                weights=self.weights,
+                weights_t=self.weights_t,
                 x=x,
                 bias=1.0,
                 d=d,
@@ -201,7 +208,7 @@ class CrossbarLayer:
         update.pulsed_update(
             conductance=self.conductance,
             reference=self.reference,
-            weights=self.weights,
+            weights_t=self.weights_t,
             alpha_up=self.params.alpha_up,
             alpha_down=self.params.alpha_down,
             b_max=self.params.b_max,

@@ -2,6 +2,7 @@
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .jit import INLINE
 from .rng import stream_key, uniform
@@ -15,6 +16,7 @@ _S2 = np.uint64(2)
 _S4 = np.uint64(4)
 _S56 = np.uint64(56)
 _ZERO = np.uint64(0)
+_WORD_MASK = 63
 
 MAX_BIT_LENGTH = 64
 
@@ -26,6 +28,12 @@ def popcount(word):
     word = (word & _M2) + ((word >> _S2) & _M2)
     word = (word + (word >> _S4)) & _M4
     return int((word * _H01) >> _S56)
+
+
+@numba.njit(**INLINE)
+def lowest_set_bit(word):
+    """Return the index of the lowest set bit of a non-zero uint64."""
+    return int(trailing_zeros(word))
 
 
 @numba.njit(**INLINE)
@@ -44,3 +52,20 @@ def draw_stream(value, scale, bit_length, seed, update_index, stream, index):
         if uniform(key, slot) < probability:
             word |= _S1 << np.uint64(slot)
     return word
+
+
+@numba.njit(**INLINE)
+def slot_bitmaps(column_bits, bit_length, bitmaps):
+    """Transpose per-column streams into per-slot bitmaps over the columns.
+
+    column_bits: (n_cols,) uint64, slot k of column j in bit k. bitmaps: (bit_length,
+    ceil(n_cols / 64)) uint64 output; bit j % 64 of word j // 64 of row k is column j's
+    slot k. Cost is proportional to the number of set bits.
+    """
+    bitmaps[:, :] = _ZERO
+    for j in range(column_bits.size):
+        word = column_bits[j]
+        while word != _ZERO:
+            slot = lowest_set_bit(word)
+            word &= word - _S1
+            bitmaps[slot, j >> 6] |= _S1 << np.uint64(j & _WORD_MASK)

@@ -4,22 +4,101 @@ The pulsed update follows Gokmen & Vlasov (2016): each input x_j and each error 
 a stream of BL Bernoulli slots, slot probability min(1, C |value|). Where the bits of row i
 and column j are both set in a slot, device (i, j) receives one pulse in the direction
 sign(x_j d_i). Its expected weight change is BL * dw_min * C_x * C_d * x_j * d_i.
+
+Pulses are applied slot by slot, in time order as the hardware fires them: for row i, the
+slots where its own bit is set, and within a slot the coincident columns in increasing
+order. Each pulse sees the conductance the previous one left. Enumerating the set bits of
+per-slot column bitmaps makes the cost proportional to the pulses, not to the cells.
+
+Arrays: conductance, reference and the device parameters are (n_rows, n_cols), one row per
+layer output, the bias column last. The weight cache ``weights_t`` is stored transposed,
+(n_cols, n_rows), for the matrix-vector products, and holds g - g_ref at every cell.
 """
 
 import numba
 import numpy as np
 
-from .bits import draw_stream, popcount
+from .bits import draw_stream, lowest_set_bit, slot_bitmaps
 from .device_laws import soft_bounds_down, soft_bounds_up
-from .jit import PARALLEL
+from .jit import PARALLEL, SERIAL
 from .rng import STREAM_D_BITS, STREAM_PULSE_NOISE, STREAM_X_BITS, normal_pair, stream_key
+
+_ZERO = np.uint64(0)
+_ONE = np.uint64(1)
+
+
+@numba.njit(**SERIAL)
+def draw_column_bitmaps(x, bias, scale_x, bit_length, seed, update_index, bitmaps):
+    """Draw the column streams of one update into per-slot bitmaps; return the bits set.
+
+    x: (n_cols - 1,) inputs, the last (bias) column driven by ``bias``. bitmaps:
+    (bit_length, ceil(n_cols / 64)) uint64 output.
+    """
+    n_cols = x.size + 1
+    column_bits = np.empty(n_cols, dtype=np.uint64)
+    for j in range(n_cols):
+        x_j = x[j] if j < n_cols - 1 else bias
+        column_bits[j] = draw_stream(x_j, scale_x, bit_length, seed, update_index, STREAM_X_BITS, j)
+    slot_bitmaps(column_bits, bit_length, bitmaps)
+
+
+@numba.njit(**SERIAL)
+def pulse_row(
+    i, conductance, reference, weights_t, alpha_up, alpha_down, b_max, b_min, x, bias, d_i,
+    row_bits, bitmaps, noise_std, noise_kind, seed, update_index,
+):
+    """Apply the pulses of row i for one update; return (up pulses, down pulses).
+
+    row_bits: the row's stream; bitmaps: the per-slot column bitmaps of the update.
+    """
+    bias_col = conductance.shape[1] - 1
+    key = stream_key(seed, update_index, STREAM_PULSE_NOISE, i)
+    counter = 0
+    spare = 0.0
+    has_spare = False
+    row_positive = d_i > 0.0
+    n_up = 0
+    n_down = 0
+    for slot in range(bitmaps.shape[0]):
+        if (row_bits >> np.uint64(slot)) & _ONE == _ZERO:
+            continue
+        for w in range(bitmaps.shape[1]):
+            word = bitmaps[slot, w]
+            while word != _ZERO:
+                j = (w << 6) + lowest_set_bit(word)
+                word &= word - _ONE
+                x_j = x[j] if j < bias_col else bias
+                up = row_positive == (x_j > 0.0)
+
+                # Cycle-to-cycle noise from the row's own counter-based stream.
+                noise = 0.0
+                if noise_std > 0.0:
+                    if has_spare:
+                        noise = noise_std * spare
+                        has_spare = False
+                    else:
+                        first, spare = normal_pair(key, counter)
+                        counter += 2
+                        noise = noise_std * first
+                        has_spare = True
+
+                g = conductance[i, j]
+                if up:
+                    g = soft_bounds_up(g, alpha_up[i, j], b_max[i, j], b_min[i, j], noise, noise_kind)
+                    n_up += 1
+                else:
+                    g = soft_bounds_down(g, alpha_down[i, j], b_max[i, j], b_min[i, j], noise, noise_kind)
+                    n_down += 1
+                conductance[i, j] = g
+                weights_t[j, i] = g - reference[i, j]
+    return n_up, n_down
 
 
 @numba.njit(**PARALLEL)
 def pulsed_update(
     conductance,
     reference,
-    weights,
+    weights_t,
     alpha_up,
     alpha_down,
     b_max,
@@ -37,97 +116,40 @@ def pulsed_update(
     pulses_up,
     pulses_down,
 ):
-    """Apply one pulsed rank-1 update to soft-bound devices, in place.
+    """Apply one pulsed rank-1 update to soft-bound devices, in place, parallel over rows.
 
-    conductance, reference, weights, alpha_up, alpha_down, b_max, b_min: (n_rows, n_cols)
-    float arrays; ``weights`` is kept equal to conductance - reference at every touched cell.
     x: (n_cols - 1,) inputs, the last (bias) column driven by ``bias``. d: (n_rows,) errors,
     the negative gradient. scale_x, scale_d: the stream gains C_x, C_d. pulses_up,
     pulses_down: (n_rows,) int64 outputs, the pulses each row received in this update.
     """
     n_rows, n_cols = conductance.shape
-    bias_col = n_cols - 1
-
-    # Column streams are shared by every row, so they are drawn once per update.
-    x_bits = np.empty(n_cols, dtype=np.uint64)
-    for j in numba.prange(n_cols):
-        x_j = x[j] if j < bias_col else bias
-        x_bits[j] = draw_stream(x_j, scale_x, bit_length, seed, update_index, STREAM_X_BITS, j)
-    d_bits = np.empty(n_rows, dtype=np.uint64)
+    bitmaps = np.empty((bit_length, (n_cols + 63) // 64), dtype=np.uint64)
+    draw_column_bitmaps(x, bias, scale_x, bit_length, seed, update_index, bitmaps)
     for i in numba.prange(n_rows):
-        d_bits[i] = draw_stream(d[i], scale_d, bit_length, seed, update_index, STREAM_D_BITS, i)
-
-    # Skip silent columns: MNIST pixels and back-propagated errors are mostly zero or tiny.
-    n_active = 0
-    active_cols = np.empty(n_cols, dtype=np.int64)
-    for j in range(n_cols):
-        if x_bits[j] != 0:
-            active_cols[n_active] = j
-            n_active += 1
-
-    for i in numba.prange(n_rows):
-        row_bits = d_bits[i]
-        n_up = 0
-        n_down = 0
-        if row_bits != 0:
-            # Each row draws its cycle-to-cycle noise from its own counter-based stream.
-            key = stream_key(seed, update_index, STREAM_PULSE_NOISE, i)
-            counter = 0
-            spare = 0.0
-            has_spare = False
-            row_positive = d[i] > 0.0
-            for a in range(n_active):
-                j = active_cols[a]
-                n_pulses = popcount(row_bits & x_bits[j])
-                if n_pulses == 0:
-                    continue
-                x_j = x[j] if j < bias_col else bias
-                up = row_positive == (x_j > 0.0)
-                g = conductance[i, j]
-
-                # Pulses land one after another; each sees the state the previous one left.
-                for _ in range(n_pulses):
-                    noise = 0.0
-                    if noise_std > 0.0:
-                        if has_spare:
-                            noise = noise_std * spare
-                            has_spare = False
-                        else:
-                            first, spare = normal_pair(key, counter)
-                            counter += 2
-                            noise = noise_std * first
-                            has_spare = True
-                    if up:
-                        g = soft_bounds_up(g, alpha_up[i, j], b_max[i, j], b_min[i, j], noise, noise_kind)
-                    else:
-                        g = soft_bounds_down(g, alpha_down[i, j], b_max[i, j], b_min[i, j], noise, noise_kind)
-
-                conductance[i, j] = g
-                weights[i, j] = g - reference[i, j]
-                if up:
-                    n_up += n_pulses
-                else:
-                    n_down += n_pulses
-        pulses_up[i] = n_up
-        pulses_down[i] = n_down
+        row_bits = draw_stream(d[i], scale_d, bit_length, seed, update_index, STREAM_D_BITS, i)
+        pulses_up[i] = 0
+        pulses_down[i] = 0
+        if row_bits != _ZERO:
+            pulses_up[i], pulses_down[i] = pulse_row(
+                i, conductance, reference, weights_t, alpha_up, alpha_down, b_max, b_min, x, bias, d[i],
+                row_bits, bitmaps, noise_std, noise_kind, seed, update_index,
+            )
 
 
-@numba.njit(**PARALLEL)
-def exact_update(conductance, reference, weights, x, bias, d, learning_rate):
+@numba.njit(**SERIAL)
+def exact_update(conductance, reference, weights_t, x, bias, d, learning_rate):
     """Apply W <- W + learning_rate * d [x, bias]^T exactly, in place: the floating-point device.
 
-    conductance, reference, weights: (n_rows, n_cols); x: (n_cols - 1,); d: (n_rows,).
+    conductance, reference: (n_rows, n_cols); weights_t: (n_cols, n_rows); x: (n_cols - 1,);
+    d: (n_rows,). Columns with a zero input are skipped; MNIST inputs are mostly zero.
     """
     n_rows, n_cols = conductance.shape
-    bias_col = n_cols - 1
-    for i in numba.prange(n_rows):
-        step = learning_rate * d[i]
-        if step == 0.0:
+    for j in range(n_cols):
+        x_j = x[j] if j < n_cols - 1 else bias
+        if x_j == 0.0:
             continue
-        for j in range(bias_col):
-            g = conductance[i, j] + step * x[j]
+        step = learning_rate * x_j
+        for i in range(n_rows):
+            g = conductance[i, j] + step * d[i]
             conductance[i, j] = g
-            weights[i, j] = g - reference[i, j]
-        g = conductance[i, bias_col] + step * bias
-        conductance[i, bias_col] = g
-        weights[i, bias_col] = g - reference[i, bias_col]
+            weights_t[j, i] = g - reference[i, j]

@@ -75,8 +75,9 @@ def pulsed_update(
 ):
     """Return (new conductance, pulses_up per row, pulses_down per row) of one pulsed update.
 
-    Cell by cell: count the slots where both streams are 1, then apply that many pulses in
-    sign(x_j d_i), each with a fresh noise draw from the row's stream, in column order.
+    Slot by slot, in time order: in every slot where row i's bit is set, each column whose
+    bit is also set gives cell (i, j) one pulse in sign(x_j d_i), columns in increasing
+    order, each pulse with a fresh noise draw from the row's stream.
     """
     g = np.array(conductance, dtype=np.float64, copy=True)
     n_rows, n_cols = g.shape
@@ -89,10 +90,13 @@ def pulsed_update(
         key = stream_key(seed, update_index, STREAM_PULSE_NOISE, i)
         noises = []
         counter = 0
-        for j in range(n_cols):
-            coincidences = sum(a and b for a, b in zip(d_streams[i], x_streams[j]))
-            up = (d[i] > 0) == (x_full[j] > 0)
-            for _ in range(coincidences):
+        for slot in range(bit_length):
+            if not d_streams[i][slot]:
+                continue
+            for j in range(n_cols):
+                if not x_streams[j][slot]:
+                    continue
+                up = (d[i] > 0) == (x_full[j] > 0)
                 if noise_std > 0:
                     if not noises:
                         noises.extend(normal_pair(key, counter))
@@ -102,10 +106,10 @@ def pulsed_update(
                     noise = 0.0
                 alpha = alpha_up[i, j] if up else alpha_down[i, j]
                 g[i, j] = soft_bounds_step(g[i, j], up, alpha, b_max[i, j], b_min[i, j], noise, additive)
-            if up:
-                pulses_up[i] += coincidences
-            else:
-                pulses_down[i] += coincidences
+                if up:
+                    pulses_up[i] += 1
+                else:
+                    pulses_down[i] += 1
     return g, pulses_up, pulses_down
 
 

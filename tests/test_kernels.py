@@ -163,17 +163,17 @@ def _random_layer(n_rows, n_cols, seed, g_range=0.3):
 
 def _run_kernel(conductance, reference, params, x, d, scale=1.0, bit_length=10, noise_std=0.3, additive=False, seed=11, update_index=3):
     g = conductance.copy()
-    weights = g - reference
+    weights_t = np.ascontiguousarray((g - reference).T)
     n_rows = g.shape[0]
     up = np.zeros(n_rows, dtype=np.int64)
     down = np.zeros(n_rows, dtype=np.int64)
     update.pulsed_update(
-        conductance=g, reference=reference, weights=weights, x=x, bias=1.0, d=d,
+        conductance=g, reference=reference, weights_t=weights_t, x=x, bias=1.0, d=d,
         scale_x=scale, scale_d=scale, bit_length=bit_length, noise_std=noise_std,
         noise_kind=device_laws.NOISE_ADDITIVE if additive else device_laws.NOISE_MULTIPLICATIVE,
         seed=seed, update_index=update_index, pulses_up=up, pulses_down=down, **params,
     )
-    return g, weights, up, down
+    return g, weights_t.T, up, down
 
 
 def _run_naive(conductance, reference, params, x, d, scale=1.0, bit_length=10, noise_std=0.3, additive=False, seed=11, update_index=3):
@@ -310,11 +310,12 @@ def test_forward_matches_numpy(col_bounds):
     weights = generator.standard_normal((7, 11))
     x = generator.standard_normal(10)
     out = np.empty(7)
-    mvm.forward(weights=weights, x=x, bias=1.0, col_bounds=np.array(col_bounds), out_scale=2.5, out=out)
+    weights_t = np.ascontiguousarray(weights.T)
+    mvm.forward(weights_t=weights_t, x=x, bias=1.0, col_bounds=np.array(col_bounds), out_scale=2.5, out=out)
     np.testing.assert_allclose(out, 2.5 * weights @ np.append(x, 1.0), rtol=1e-12)
     batch = generator.standard_normal((5, 10))
     out_batch = np.empty((5, 7))
-    mvm.forward_batch(weights=weights, inputs=batch, bias=1.0, col_bounds=np.array(col_bounds), out_scale=2.5, out=out_batch)
+    mvm.forward_batch(weights_t=weights_t, inputs=batch, bias=1.0, col_bounds=np.array(col_bounds), out_scale=2.5, out=out_batch)
     np.testing.assert_allclose(out_batch, 2.5 * np.hstack([batch, np.ones((5, 1))]) @ weights.T, rtol=1e-12)
 
 
@@ -325,7 +326,7 @@ def test_backward_matches_numpy(row_bounds):
     d = generator.standard_normal(70)
     d[::3] = 0.0
     out = np.empty(130)
-    mvm.backward(weights=weights, d=d, row_bounds=np.array(row_bounds), out_scale=0.5, out=out)
+    mvm.backward(weights_t=np.ascontiguousarray(weights.T), d=d, row_bounds=np.array(row_bounds), out_scale=0.5, out=out)
     np.testing.assert_allclose(out, 0.5 * weights.T @ d, rtol=1e-12, atol=1e-12)
 
 
@@ -333,10 +334,11 @@ def test_exact_update_matches_outer_product():
     generator = np.random.default_rng(2)
     g = generator.standard_normal((5, 4))
     reference = generator.standard_normal((5, 4))
-    weights = g - reference
+    weights_t = np.ascontiguousarray((g - reference).T)
     x = generator.standard_normal(3)
+    x[1] = 0.0
     d = generator.standard_normal(5)
     expected = g + 0.1 * np.outer(d, np.append(x, 2.0))
-    update.exact_update(conductance=g, reference=reference, weights=weights, x=x, bias=2.0, d=d, learning_rate=0.1)
+    update.exact_update(conductance=g, reference=reference, weights_t=weights_t, x=x, bias=2.0, d=d, learning_rate=0.1)
     np.testing.assert_allclose(g, expected, rtol=1e-14)
-    np.testing.assert_array_equal(weights, g - reference)
+    np.testing.assert_array_equal(weights_t.T, g - reference)

@@ -328,25 +328,30 @@ def small_config(epochs: int) -> Config:
     )
 
 
-def stop_after(monkeypatch, calls_before_stop: int, error: BaseException, snapshots: list | None = None):
-    """Make CrossbarMLP.train_batch raise ``error`` on call ``calls_before_stop + 1``.
+def stop_after(monkeypatch, samples_before_stop: int, error: BaseException, snapshots: list | None = None):
+    """Make CrossbarMLP.train_samples raise ``error`` once ``samples_before_stop`` are trained.
 
-    With ``snapshots``, the conductances of every layer are appended to it at the start of
-    each epoch after the first, before that epoch changes them.
+    The call that would cross that count trains up to it, then raises, as a Ctrl-C during
+    that call would. With ``snapshots``, the
+    conductances of every layer are appended to it at the start of each epoch after the
+    first, before that epoch changes them.
     """
-    original = CrossbarMLP.train_batch
-    calls = 0
+    original = CrossbarMLP.train_samples
+    trained = 0
 
-    def train_batch(self, images, labels, learning_rate, first_update):
-        nonlocal calls
-        if calls == calls_before_stop:
-            raise error
-        if snapshots is not None and calls > 0 and calls % SMALL_TRAIN == 0:
+    def train_samples(self, images, labels, order, start, stop, learning_rate, first_update):
+        nonlocal trained
+        if snapshots is not None and start == 0 and stop > 0 and trained > 0:
             snapshots.append([layer.conductance.copy() for layer in self.layers])
-        calls += 1
-        return original(self, images, labels, learning_rate, first_update)
+        if trained + (stop - start) > samples_before_stop:
+            allowed = samples_before_stop - trained
+            if allowed > 0:
+                original(self, images, labels, order, start, start + allowed, learning_rate, first_update)
+            raise error
+        trained += stop - start
+        return original(self, images, labels, order, start, stop, learning_rate, first_update)
 
-    monkeypatch.setattr(CrossbarMLP, "train_batch", train_batch)
+    monkeypatch.setattr(CrossbarMLP, "train_samples", train_samples)
 
 
 def train_small(config: Config, data: mnist.MnistData, result: ResultFile, network: CrossbarMLP | None = None):

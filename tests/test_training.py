@@ -214,3 +214,22 @@ def test_results_independent_of_thread_count(tmp_path):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(metrics_one["test_error"], metrics_two["test_error"])
     np.testing.assert_array_equal(metrics_one["pulses_up"], metrics_two["pulses_up"])
+
+
+@pytest.mark.parametrize("overrides", [{}, {"device.kind": "float"}, {"update.update_management": True, "network.output_scale": [2.0]}])
+def test_fused_training_matches_per_layer_path(mnist, overrides):
+    config = Config().replace({"network.hidden": [24, 16], "tile.max_cols": 300, **overrides})
+    fused, stepwise = CrossbarMLP(config), CrossbarMLP(config)
+    order = np.random.default_rng(0).permutation(400)
+    losses, correct, pulses_up, pulses_down = fused.train_samples(mnist.train_images, mnist.train_labels, order, 0, 400, 0.02, 7)
+    expected_up = 0
+    for position, sample in enumerate(order):
+        images = mnist.train_images[sample : sample + 1].astype(np.float64)
+        result = stepwise.train_batch(images, mnist.train_labels[sample : sample + 1], 0.02, 7 + position)[0]
+        assert losses[position] == pytest.approx(result.loss, rel=1e-9)
+        assert correct[position] == result.correct
+        expected_up += result.pulses_up
+    assert pulses_up.sum() == expected_up
+    for a, b in zip(fused.layers, stepwise.layers):
+        np.testing.assert_allclose(a.conductance, b.conductance, rtol=1e-12, atol=1e-15)
+        np.testing.assert_array_equal(a.weights, a.conductance - a.reference)

@@ -136,7 +136,7 @@ def test_random_pulses_settle_at_symmetry_point():
     p = layer.params
     w_star = symmetry_point(p)
     g = np.zeros(layer.shape)
-    weights = g.copy()
+    weights_t = np.zeros((n_cols, n_rows))
     reference = np.zeros(layer.shape)
     up = np.zeros(n_rows, dtype=np.int64)
     down = np.zeros(n_rows, dtype=np.int64)
@@ -146,7 +146,7 @@ def test_random_pulses_settle_at_symmetry_point():
     samples = 0
     for k, d in enumerate(signs):
         update.pulsed_update(
-            conductance=g, reference=reference, weights=weights, alpha_up=p.alpha_up, alpha_down=p.alpha_down,
+            conductance=g, reference=reference, weights_t=weights_t, alpha_up=p.alpha_up, alpha_down=p.alpha_down,
             b_max=p.b_max, b_min=p.b_min, x=x, bias=1.0, d=d, scale_x=1.0, scale_d=1.0, bit_length=1,
             noise_std=0.3, noise_kind=device_laws.NOISE_MULTIPLICATIVE, seed=5, update_index=k,
             pulses_up=up, pulses_down=down,
