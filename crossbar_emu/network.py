@@ -185,6 +185,8 @@ class CrossbarMLP:
             correct=correct,
             pulses_up=pulses_up,
             pulses_down=pulses_down,
+            cell_up=List([layer.cell_pulses_up for layer in layers]),
+            cell_down=List([layer.cell_pulses_down for layer in layers]),
         )
         return losses, correct, pulses_up, pulses_down
 

@@ -95,6 +95,9 @@ class CrossbarLayer:
         self.reference = self.expand_reference(self.reference_values)
         self.conductance = self.reference.copy()
         self.weights_t = np.zeros((self.n_cols, n_out))
+        # Running totals of the pulses each cell received, kept by the update kernels.
+        self.cell_pulses_up = np.zeros(shape, dtype=np.int64)
+        self.cell_pulses_down = np.zeros(shape, dtype=np.int64)
         self._pulses_up = np.zeros(n_out, dtype=np.int64)
         self._pulses_down = np.zeros(n_out, dtype=np.int64)
 
@@ -225,5 +228,7 @@ class CrossbarLayer:
             update_index=update_index,
             pulses_up=self._pulses_up,
             pulses_down=self._pulses_down,
+            cell_up=self.cell_pulses_up,
+            cell_down=self.cell_pulses_down,
         )
         return int(self._pulses_up.sum()), int(self._pulses_down.sum())

@@ -50,13 +50,16 @@ def train_samples(
     correct,
     pulses_up,
     pulses_down,
+    cell_up,
+    cell_down,
 ):
     """Train on samples order[start:stop], one SGD step each, in place.
 
     images: (n_samples, n_inputs) in [0, 1]; labels: (n_samples,) int. The sample at
     position p of ``order`` uses the pulse streams of update index first_update_index + p -
     start. losses, correct: (stop - start,) outputs per sample. pulses_up, pulses_down:
-    (n_layers,) int64, incremented by the pulses applied to each layer.
+    (n_layers,) int64, incremented by the pulses applied to each layer. cell_up, cell_down:
+    typed lists of each layer's (n_rows, n_cols) int64 running totals of pulses per cell.
     """
     n_layers = len(weights_t)
     activations = [np.empty(images.shape[1])]
@@ -148,6 +151,7 @@ def train_samples(
                     row_up[i], row_down[i] = pulse_row(
                         i, g, reference[k], weights_t[k], alpha_up[k], alpha_down[k], b_max[k], b_min[k],
                         x_k, 1.0, d_k[i], row_bits, bitmaps, noise_std, noise_kind, stream_seeds[k], update_index,
+                        cell_up[k], cell_down[k],
                     )
             pulses_up[k] += row_up[:n_rows].sum()
             pulses_down[k] += row_down[:n_rows].sum()

@@ -45,11 +45,12 @@ def draw_column_bitmaps(x, bias, scale_x, bit_length, seed, update_index, bitmap
 @numba.njit(**SERIAL)
 def pulse_row(
     i, conductance, reference, weights_t, alpha_up, alpha_down, b_max, b_min, x, bias, d_i,
-    row_bits, bitmaps, noise_std, noise_kind, seed, update_index,
+    row_bits, bitmaps, noise_std, noise_kind, seed, update_index, cell_up, cell_down,
 ):
     """Apply the pulses of row i for one update; return (up pulses, down pulses).
 
     row_bits: the row's stream; bitmaps: the per-slot column bitmaps of the update.
+    cell_up, cell_down: (n_rows, n_cols) int64 running totals of each cell's pulses.
     """
     bias_col = conductance.shape[1] - 1
     key = stream_key(seed, update_index, STREAM_PULSE_NOISE, i)
@@ -86,9 +87,11 @@ def pulse_row(
                 if up:
                     g = soft_bounds_up(g, alpha_up[i, j], b_max[i, j], b_min[i, j], noise, noise_kind)
                     n_up += 1
+                    cell_up[i, j] += 1
                 else:
                     g = soft_bounds_down(g, alpha_down[i, j], b_max[i, j], b_min[i, j], noise, noise_kind)
                     n_down += 1
+                    cell_down[i, j] += 1
                 conductance[i, j] = g
                 weights_t[j, i] = g - reference[i, j]
     return n_up, n_down
@@ -115,12 +118,15 @@ def pulsed_update(
     update_index,
     pulses_up,
     pulses_down,
+    cell_up,
+    cell_down,
 ):
     """Apply one pulsed rank-1 update to soft-bound devices, in place, parallel over rows.
 
     x: (n_cols - 1,) inputs, the last (bias) column driven by ``bias``. d: (n_rows,) errors,
     the negative gradient. scale_x, scale_d: the stream gains C_x, C_d. pulses_up,
     pulses_down: (n_rows,) int64 outputs, the pulses each row received in this update.
+    cell_up, cell_down: (n_rows, n_cols) int64 running totals, incremented per pulse.
     """
     n_rows, n_cols = conductance.shape
     bitmaps = np.empty((bit_length, (n_cols + 63) // 64), dtype=np.uint64)
@@ -132,7 +138,7 @@ def pulsed_update(
         if row_bits != _ZERO:
             pulses_up[i], pulses_down[i] = pulse_row(
                 i, conductance, reference, weights_t, alpha_up, alpha_down, b_max, b_min, x, bias, d[i],
-                row_bits, bitmaps, noise_std, noise_kind, seed, update_index,
+                row_bits, bitmaps, noise_std, noise_kind, seed, update_index, cell_up, cell_down,
             )
 
 

@@ -167,12 +167,18 @@ def _run_kernel(conductance, reference, params, x, d, scale=1.0, bit_length=10, 
     n_rows = g.shape[0]
     up = np.zeros(n_rows, dtype=np.int64)
     down = np.zeros(n_rows, dtype=np.int64)
+    cell_up = np.zeros(conductance.shape, dtype=np.int64)
+    cell_down = np.zeros_like(cell_up)
     update.pulsed_update(
         conductance=g, reference=reference, weights_t=weights_t, x=x, bias=1.0, d=d,
         scale_x=scale, scale_d=scale, bit_length=bit_length, noise_std=noise_std,
         noise_kind=device_laws.NOISE_ADDITIVE if additive else device_laws.NOISE_MULTIPLICATIVE,
-        seed=seed, update_index=update_index, pulses_up=up, pulses_down=down, **params,
+        seed=seed, update_index=update_index, pulses_up=up, pulses_down=down,
+        cell_up=cell_up, cell_down=cell_down, **params,
     )
+    # The per-cell totals add up to the per-row counts.
+    np.testing.assert_array_equal(cell_up.sum(axis=1), up)
+    np.testing.assert_array_equal(cell_down.sum(axis=1), down)
     return g, weights_t.T, up, down
 
 

@@ -231,5 +231,7 @@ def test_fused_training_matches_per_layer_path(mnist, overrides):
         expected_up += result.pulses_up
     assert pulses_up.sum() == expected_up
     for a, b in zip(fused.layers, stepwise.layers):
+        np.testing.assert_array_equal(a.cell_pulses_up, b.cell_pulses_up)
+        np.testing.assert_array_equal(a.cell_pulses_down, b.cell_pulses_down)
         np.testing.assert_allclose(a.conductance, b.conductance, rtol=1e-12, atol=1e-15)
         np.testing.assert_array_equal(a.weights, a.conductance - a.reference)

@@ -140,6 +140,8 @@ def test_random_pulses_settle_at_symmetry_point():
     reference = np.zeros(layer.shape)
     up = np.zeros(n_rows, dtype=np.int64)
     down = np.zeros(n_rows, dtype=np.int64)
+    cell_up = np.zeros(layer.shape, dtype=np.int64)
+    cell_down = np.zeros_like(cell_up)
     signs = np.random.default_rng(4).choice([-1.0, 1.0], size=(24000, n_rows))
     x = np.ones(n_cols - 1)
     total = np.zeros(layer.shape)
@@ -149,7 +151,7 @@ def test_random_pulses_settle_at_symmetry_point():
             conductance=g, reference=reference, weights_t=weights_t, alpha_up=p.alpha_up, alpha_down=p.alpha_down,
             b_max=p.b_max, b_min=p.b_min, x=x, bias=1.0, d=d, scale_x=1.0, scale_d=1.0, bit_length=1,
             noise_std=0.3, noise_kind=device_laws.NOISE_MULTIPLICATIVE, seed=5, update_index=k,
-            pulses_up=up, pulses_down=down,
+            pulses_up=up, pulses_down=down, cell_up=cell_up, cell_down=cell_down,
         )
         if k >= 4000:
             total += g
