@@ -5,7 +5,7 @@ import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 from .jit import INLINE
-from .rng import stream_key, uniform
+from .rng import index_key, uniform_pair32
 
 _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
@@ -16,6 +16,7 @@ _S2 = np.uint64(2)
 _S4 = np.uint64(4)
 _S56 = np.uint64(56)
 _ZERO = np.uint64(0)
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 _WORD_MASK = 63
 
 MAX_BIT_LENGTH = 64
@@ -37,20 +38,27 @@ def lowest_set_bit(word):
 
 
 @numba.njit(**INLINE)
-def draw_stream(value, scale, bit_length, seed, update_index, stream, index):
+def draw_stream(value, scale, bit_length, family, index):
     """Return a BL-slot Bernoulli stream packed in a uint64, slot k in bit k.
 
-    Each slot is 1 with probability min(1, scale * |value|). The draws are keyed by
-    (seed, update_index, stream, index), so every row sees the same stream for a column.
+    Each slot is 1 with probability min(1, scale * |value|), decided by a 32-bit uniform:
+    slots 2m and 2m + 1 take the low and high halves of draw m of the stream keyed by
+    (family, index). A probability of 1 sets every slot without drawing.
     """
     probability = min(1.0, scale * abs(value))
     if probability <= 0.0:
         return _ZERO
-    key = stream_key(seed, update_index, stream, index)
+    if probability >= 1.0:
+        return _ALL_ONES >> np.uint64(64 - bit_length)
+    key = index_key(family, index)
     word = _ZERO
-    for slot in range(bit_length):
-        if uniform(key, slot) < probability:
+    for pair in range((bit_length + 1) // 2):
+        first, second = uniform_pair32(key, pair)
+        slot = 2 * pair
+        if first < probability:
             word |= _S1 << np.uint64(slot)
+        if slot + 1 < bit_length and second < probability:
+            word |= _S1 << np.uint64(slot + 1)
     return word
 
 

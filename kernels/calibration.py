@@ -14,7 +14,7 @@ import numpy as np
 
 from .device_laws import soft_bounds_down, soft_bounds_up
 from .jit import PARALLEL
-from .rng import STREAM_CALIBRATION_NOISE, normal_pair, stream_key
+from .rng import STREAM_CALIBRATION_NOISE, normal, stream_key
 
 
 @numba.njit(**PARALLEL)
@@ -51,10 +51,10 @@ def alternating_pairs(
                 noise_up = 0.0
                 noise_down = 0.0
                 if noise_std > 0.0:
-                    first, second = normal_pair(key, counter)
-                    counter += 2
-                    noise_up = noise_std * first
-                    noise_down = noise_std * second
+                    xi_up, counter = normal(key, counter)
+                    xi_down, counter = normal(key, counter)
+                    noise_up = noise_std * xi_up
+                    noise_down = noise_std * xi_down
                 g = soft_bounds_up(g, alpha_up[i, j], b_max[i, j], b_min[i, j], noise_up, noise_kind)
                 if pair >= first_averaged:
                     total += g

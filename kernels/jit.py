@@ -2,9 +2,12 @@
 
 ``cache=True`` stores compiled machine code next to the sources, so a second run skips
 compilation. ``fastmath`` stays off: the device laws rely on exact IEEE behaviour at the
-bounds, and NaN checks must keep working.
+bounds, and NaN checks must keep working. The one exception is ``DOT``, for dot products:
+it allows reassociation only, so the compiler can sum in SIMD lanes. The order then
+depends on the compiled code, not on the thread count, and NaN and Inf propagate as usual.
 """
 
 SERIAL = {"nogil": True, "cache": True, "fastmath": False}
 PARALLEL = {**SERIAL, "parallel": True}
 INLINE = {**SERIAL, "inline": "always"}
+DOT = {**SERIAL, "fastmath": {"reassoc"}}

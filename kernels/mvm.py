@@ -11,7 +11,7 @@ products.
 import numba
 import numpy as np
 
-from .jit import PARALLEL, SERIAL
+from .jit import DOT, PARALLEL, SERIAL
 
 
 @numba.njit(**SERIAL)
@@ -49,15 +49,22 @@ def forward_batch(weights_t, inputs, bias, col_bounds, out_scale, out):
         forward(weights_t, inputs[n], bias, col_bounds, out_scale, out[n])
 
 
-@numba.njit(**SERIAL)
+@numba.njit(**DOT)
 def backward(weights_t, d, row_bounds, out_scale, out):
-    """Compute out = s W^T d, summing per-tile partial outputs; out has n_cols entries."""
+    """Compute out = s W^T d, summing per-tile partial outputs; out has n_cols entries.
+
+    Compiled with reassociation allowed, so each tile's dot product is summed in SIMD lanes.
+    The loops run over slices from index 0: a loop starting at a run-time offset was not
+    vectorised by Numba 0.68 and took about seven times as long.
+    """
     n_cols = weights_t.shape[0]
     for j in range(n_cols):
         total = 0.0
         for t in range(row_bounds.size - 1):
+            weights = weights_t[j, row_bounds[t] : row_bounds[t + 1]]
+            errors = d[row_bounds[t] : row_bounds[t + 1]]
             partial = 0.0
-            for i in range(row_bounds[t], row_bounds[t + 1]):
-                partial += weights_t[j, i] * d[i]
+            for i in range(weights.size):
+                partial += weights[i] * errors[i]
             total += partial
         out[j] = out_scale * total

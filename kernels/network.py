@@ -12,12 +12,33 @@ import numba
 import numpy as np
 
 from .bits import draw_stream
-from .jit import PARALLEL
+from .jit import INLINE, PARALLEL
 from .mvm import backward, forward
-from .rng import STREAM_D_BITS
+from .rng import STREAM_D_BITS, STREAM_PULSE_NOISE, family_key
 from .update import draw_column_bitmaps, exact_update, pulse_row
 
 _ZERO = np.uint64(0)
+
+
+# Layers with fewer devices update their rows on one thread: for the 784-256-128-10
+# network a parallel region per layer and sample cost more than it saved (measured with
+# tools/bench.py on 2 cores, Numba 0.68).
+PARALLEL_MIN_CELLS = 1 << 20
+
+
+@numba.njit(**INLINE)
+def _update_row(
+    i, conductance, reference, weights_t, alpha_up, alpha_down, b_max, b_min, x, d_i,
+    scale_d, bit_length, row_family, bitmaps, noise_std, noise_kind, noise_family, cell_up, cell_down,
+):
+    """Draw row i's stream and apply its pulses; return (up pulses, down pulses)."""
+    row_bits = draw_stream(d_i, scale_d, bit_length, row_family, i)
+    if row_bits == _ZERO:
+        return 0, 0
+    return pulse_row(
+        i, conductance, reference, weights_t, alpha_up, alpha_down, b_max, b_min, x, 1.0, d_i,
+        row_bits, bitmaps, noise_std, noise_kind, noise_family, cell_up, cell_down,
+    )
 
 
 @numba.njit(**PARALLEL)
@@ -143,15 +164,28 @@ def train_samples(
             n_rows, n_cols = g.shape
             bitmaps = np.empty((bit_length, (n_cols + 63) // 64), dtype=np.uint64)
             draw_column_bitmaps(x_k, 1.0, scale_x, bit_length, stream_seeds[k], update_index, bitmaps)
-            for i in numba.prange(n_rows):
-                row_up[i] = 0
-                row_down[i] = 0
-                row_bits = draw_stream(d_k[i], scale_d, bit_length, stream_seeds[k], update_index, STREAM_D_BITS, i)
-                if row_bits != _ZERO:
-                    row_up[i], row_down[i] = pulse_row(
-                        i, g, reference[k], weights_t[k], alpha_up[k], alpha_down[k], b_max[k], b_min[k],
-                        x_k, 1.0, d_k[i], row_bits, bitmaps, noise_std, noise_kind, stream_seeds[k], update_index,
-                        cell_up[k], cell_down[k],
+            row_family = family_key(stream_seeds[k], update_index, STREAM_D_BITS)
+            noise_family = family_key(stream_seeds[k], update_index, STREAM_PULSE_NOISE)
+            # Take the arrays out of the typed lists once, not once per row.
+            ref = reference[k]
+            w_t = weights_t[k]
+            a_up = alpha_up[k]
+            a_down = alpha_down[k]
+            upper = b_max[k]
+            lower = b_min[k]
+            count_up = cell_up[k]
+            count_down = cell_down[k]
+            if n_rows * n_cols >= PARALLEL_MIN_CELLS:
+                for i in numba.prange(n_rows):
+                    row_up[i], row_down[i] = _update_row(
+                        i, g, ref, w_t, a_up, a_down, upper, lower, x_k, d_k[i], scale_d, bit_length,
+                        row_family, bitmaps, noise_std, noise_kind, noise_family, count_up, count_down,
+                    )
+            else:
+                for i in range(n_rows):
+                    row_up[i], row_down[i] = _update_row(
+                        i, g, ref, w_t, a_up, a_down, upper, lower, x_k, d_k[i], scale_d, bit_length,
+                        row_family, bitmaps, noise_std, noise_kind, noise_family, count_up, count_down,
                     )
             pulses_up[k] += row_up[:n_rows].sum()
             pulses_down[k] += row_down[:n_rows].sum()

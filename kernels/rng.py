@@ -5,6 +5,10 @@ key is built by mixing the first four with the SplitMix64 finaliser, and draw ``
 key is ``mix64(key + (k + 1) * GOLDEN_GAMMA)``, the SplitMix64 sequence started at the key.
 No generator state is shared between threads, so a row's noise does not depend on which
 thread runs it or in what order.
+
+Gaussian variates come from a 256-layer ziggurat (Marsaglia & Tsang, "The Ziggurat Method
+for Generating Random Variables", J. Stat. Softw. 5(8), 2000): one 64-bit draw gives the
+layer, the sign and 53 bits of abscissa, and about 99 % of variates need nothing more.
 """
 
 import math
@@ -40,11 +44,22 @@ def mix64(z):
 
 
 @numba.njit(**INLINE)
+def family_key(seed, update_index, stream):
+    """Return the key shared by every stream of one family in one update."""
+    key = mix64(np.uint64(seed) + GOLDEN_GAMMA)
+    return mix64(key ^ (np.uint64(update_index) * GOLDEN_GAMMA + np.uint64(stream)))
+
+
+@numba.njit(**INLINE)
+def index_key(family, index):
+    """Return the key of stream ``index`` of a family: one mix, for per-row or per-column use."""
+    return mix64(family + np.uint64(index) * _MIX_2)
+
+
+@numba.njit(**INLINE)
 def stream_key(seed, update_index, stream, index):
     """Return the key of one random stream, from non-negative integer components."""
-    key = mix64(np.uint64(seed) + GOLDEN_GAMMA)
-    key = mix64(key ^ (np.uint64(update_index) * GOLDEN_GAMMA + np.uint64(stream)))
-    return mix64(key + np.uint64(index) * _MIX_2)
+    return index_key(family_key(seed, update_index, stream), index)
 
 
 @numba.njit(**INLINE)
@@ -53,20 +68,80 @@ def random_bits(key, counter):
     return mix64(key + (np.uint64(counter) + _ONE) * GOLDEN_GAMMA)
 
 
+_LOW_32 = np.uint64(0xFFFFFFFF)
+_SHIFT_32 = np.uint64(32)
+_TWO_POW_MINUS_32 = 1.0 / 4294967296.0
+
+
+@numba.njit(**INLINE)
+def uniform_pair32(key, counter):
+    """Return two floats in [0, 1) with 32 random bits each, from draw ``counter``.
+
+    The low half gives the first, the high half the second.
+    """
+    bits = random_bits(key, counter)
+    return float(bits & _LOW_32) * _TWO_POW_MINUS_32, float(bits >> _SHIFT_32) * _TWO_POW_MINUS_32
+
+
 @numba.njit(**INLINE)
 def uniform(key, counter):
     """Return draw ``counter`` of stream ``key`` as a float in [0, 1), with 53 random bits."""
     return float(random_bits(key, counter) >> _SHIFT_11) * _TWO_POW_MINUS_53
 
 
-@numba.njit(**INLINE)
-def normal_pair(key, counter):
-    """Return two independent N(0, 1) variates from draws ``counter`` and ``counter + 1``.
+def _ziggurat_tables(n_layers=256, r=3.6541528853610088, area=0.00492867323399):
+    """Return (k, w, f) for a ziggurat of ``n_layers`` layers of equal ``area``.
 
-    Box-Muller transform; the first uniform is taken in (0, 1] so that its log is finite.
+    Layer 0 is the base strip, [0, r] under f(r) plus the tail beyond r, given the virtual
+    width x_0 = area / f(r). Layer i >= 1 spans [0, x_i] between heights f(x_i) and
+    f(x_{i+1}), with x_1 = r and x_n = 0. A draw u x_i is accepted at once when below
+    x_{i+1}: k[i] = floor(2^53 x_{i+1} / x_i), w[i] = x_i / 2^53, f[i] = exp(-x_i^2 / 2).
     """
-    u1 = (float(random_bits(key, counter) >> _SHIFT_11) + 1.0) * _TWO_POW_MINUS_53
-    u2 = float(random_bits(key, counter + 1) >> _SHIFT_11) * _TWO_POW_MINUS_53
-    radius = math.sqrt(-2.0 * math.log(u1))
-    angle = 2.0 * math.pi * u2
-    return radius * math.cos(angle), radius * math.sin(angle)
+    x = np.zeros(n_layers + 1)
+    x[0] = area / math.exp(-0.5 * r * r)
+    x[1] = r
+    for i in range(1, n_layers - 1):
+        x[i + 1] = math.sqrt(-2.0 * math.log(math.exp(-0.5 * x[i] ** 2) + area / x[i]))
+    scale = 2.0**53
+    k = np.array([math.floor(scale * x[i + 1] / x[i]) for i in range(n_layers)], dtype=np.uint64)
+    w = x[:n_layers] / scale
+    f = np.exp(-0.5 * x**2)
+    return k, w, f
+
+
+ZIGGURAT_R = 3.6541528853610088
+_ZIG_K, _ZIG_W, _ZIG_F = _ziggurat_tables(r=ZIGGURAT_R)
+_LAYER_MASK = np.uint64(255)
+_SHIFT_8 = np.uint64(8)
+
+
+@numba.njit(**INLINE)
+def normal(key, counter):
+    """Return (an N(0, 1) variate, the next unused counter) from stream ``key``.
+
+    Ziggurat: draw ``counter`` picks the layer (bits 0-7), the sign (bit 8) and the
+    abscissa (bits 11-63); rejections and the tail take further draws of the same stream.
+    """
+    while True:
+        bits = random_bits(key, counter)
+        counter += 1
+        layer = int(bits & _LAYER_MASK)
+        negative = (bits >> _SHIFT_8) & _ONE
+        mantissa = bits >> _SHIFT_11
+        x = float(mantissa) * _ZIG_W[layer]
+        if mantissa < _ZIG_K[layer]:
+            return (-x if negative else x), counter
+        if layer == 0:
+            # Tail beyond r (Marsaglia 1964): x = -ln(u1) / r, accepted if -2 ln(u2) > x^2.
+            while True:
+                tail = -math.log(1.0 - uniform(key, counter)) / ZIGGURAT_R
+                height = -math.log(1.0 - uniform(key, counter + 1))
+                counter += 2
+                if height + height > tail * tail:
+                    value = ZIGGURAT_R + tail
+                    return (-value if negative else value), counter
+        # Wedge: accept when a uniform height under the layer falls below the density.
+        height = _ZIG_F[layer] + uniform(key, counter) * (_ZIG_F[layer + 1] - _ZIG_F[layer])
+        counter += 1
+        if height < math.exp(-0.5 * x * x):
+            return (-x if negative else x), counter

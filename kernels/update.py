@@ -21,7 +21,7 @@ import numpy as np
 from .bits import draw_stream, lowest_set_bit, slot_bitmaps
 from .device_laws import soft_bounds_down, soft_bounds_up
 from .jit import PARALLEL, SERIAL
-from .rng import STREAM_D_BITS, STREAM_PULSE_NOISE, STREAM_X_BITS, normal_pair, stream_key
+from .rng import STREAM_D_BITS, STREAM_PULSE_NOISE, STREAM_X_BITS, family_key, index_key, normal
 
 _ZERO = np.uint64(0)
 _ONE = np.uint64(1)
@@ -35,28 +35,28 @@ def draw_column_bitmaps(x, bias, scale_x, bit_length, seed, update_index, bitmap
     (bit_length, ceil(n_cols / 64)) uint64 output.
     """
     n_cols = x.size + 1
+    family = family_key(seed, update_index, STREAM_X_BITS)
     column_bits = np.empty(n_cols, dtype=np.uint64)
     for j in range(n_cols):
         x_j = x[j] if j < n_cols - 1 else bias
-        column_bits[j] = draw_stream(x_j, scale_x, bit_length, seed, update_index, STREAM_X_BITS, j)
+        column_bits[j] = draw_stream(x_j, scale_x, bit_length, family, j)
     slot_bitmaps(column_bits, bit_length, bitmaps)
 
 
 @numba.njit(**SERIAL)
 def pulse_row(
     i, conductance, reference, weights_t, alpha_up, alpha_down, b_max, b_min, x, bias, d_i,
-    row_bits, bitmaps, noise_std, noise_kind, seed, update_index, cell_up, cell_down,
+    row_bits, bitmaps, noise_std, noise_kind, noise_family, cell_up, cell_down,
 ):
     """Apply the pulses of row i for one update; return (up pulses, down pulses).
 
-    row_bits: the row's stream; bitmaps: the per-slot column bitmaps of the update.
+    row_bits: the row's stream; bitmaps: the per-slot column bitmaps of the update;
+    noise_family: the update's key of the pulse-noise streams, one stream per row.
     cell_up, cell_down: (n_rows, n_cols) int64 running totals of each cell's pulses.
     """
     bias_col = conductance.shape[1] - 1
-    key = stream_key(seed, update_index, STREAM_PULSE_NOISE, i)
+    key = index_key(noise_family, i)
     counter = 0
-    spare = 0.0
-    has_spare = False
     row_positive = d_i > 0.0
     n_up = 0
     n_down = 0
@@ -74,14 +74,8 @@ def pulse_row(
                 # Cycle-to-cycle noise from the row's own counter-based stream.
                 noise = 0.0
                 if noise_std > 0.0:
-                    if has_spare:
-                        noise = noise_std * spare
-                        has_spare = False
-                    else:
-                        first, spare = normal_pair(key, counter)
-                        counter += 2
-                        noise = noise_std * first
-                        has_spare = True
+                    xi, counter = normal(key, counter)
+                    noise = noise_std * xi
 
                 g = conductance[i, j]
                 if up:
@@ -131,14 +125,16 @@ def pulsed_update(
     n_rows, n_cols = conductance.shape
     bitmaps = np.empty((bit_length, (n_cols + 63) // 64), dtype=np.uint64)
     draw_column_bitmaps(x, bias, scale_x, bit_length, seed, update_index, bitmaps)
+    row_family = family_key(seed, update_index, STREAM_D_BITS)
+    noise_family = family_key(seed, update_index, STREAM_PULSE_NOISE)
     for i in numba.prange(n_rows):
-        row_bits = draw_stream(d[i], scale_d, bit_length, seed, update_index, STREAM_D_BITS, i)
+        row_bits = draw_stream(d[i], scale_d, bit_length, row_family, i)
         pulses_up[i] = 0
         pulses_down[i] = 0
         if row_bits != _ZERO:
             pulses_up[i], pulses_down[i] = pulse_row(
                 i, conductance, reference, weights_t, alpha_up, alpha_down, b_max, b_min, x, bias, d[i],
-                row_bits, bitmaps, noise_std, noise_kind, seed, update_index, cell_up, cell_down,
+                row_bits, bitmaps, noise_std, noise_kind, noise_family, cell_up, cell_down,
             )
 
 

@@ -42,20 +42,62 @@ def uniform(key: int, counter: int) -> float:
     return (random_bits(key, counter) >> 11) / 2.0**53
 
 
-def normal_pair(key: int, counter: int) -> tuple[float, float]:
-    u1 = ((random_bits(key, counter) >> 11) + 1) / 2.0**53
-    u2 = (random_bits(key, counter + 1) >> 11) / 2.0**53
-    radius = math.sqrt(-2.0 * math.log(u1))
-    return radius * math.cos(2.0 * math.pi * u2), radius * math.sin(2.0 * math.pi * u2)
+def _ziggurat_tables(n_layers=256, r=3.6541528853610088, area=0.00492867323399):
+    """Ziggurat layers of equal area: x_1 = r, x_{i+1} = f^-1(f(x_i) + area / x_i), x_n = 0."""
+    f = lambda x: math.exp(-0.5 * x * x)  # noqa: E731
+    x = [area / f(r), r]
+    while len(x) < n_layers:
+        x.append(math.sqrt(-2.0 * math.log(f(x[-1]) + area / x[-1])))
+    x.append(0.0)
+    return x, [f(value) for value in x]
+
+
+ZIGGURAT_R = 3.6541528853610088
+_ZIG_X, _ZIG_F = _ziggurat_tables()
+
+
+def normal(key: int, counter: int) -> tuple[float, int]:
+    """Return (N(0, 1) variate, next counter): the ziggurat, written out step by step."""
+    while True:
+        bits = random_bits(key, counter)
+        counter += 1
+        layer = bits & 255
+        negative = (bits >> 8) & 1
+        mantissa = bits >> 11
+        x = mantissa * (_ZIG_X[layer] / 2.0**53)
+        if mantissa < math.floor(2.0**53 * _ZIG_X[layer + 1] / _ZIG_X[layer]):
+            return (-x if negative else x), counter
+        if layer == 0:
+            while True:
+                tail = -math.log(1.0 - uniform(key, counter)) / ZIGGURAT_R
+                height = -math.log(1.0 - uniform(key, counter + 1))
+                counter += 2
+                if 2 * height > tail * tail:
+                    return (-(ZIGGURAT_R + tail) if negative else ZIGGURAT_R + tail), counter
+        height = _ZIG_F[layer] + uniform(key, counter) * (_ZIG_F[layer + 1] - _ZIG_F[layer])
+        counter += 1
+        if height < math.exp(-0.5 * x * x):
+            return (-x if negative else x), counter
 
 
 def draw_stream(value: float, scale: float, bit_length: int, seed: int, update_index: int, stream: int, index: int) -> list[bool]:
-    """Return the BL slots of one Bernoulli stream as booleans."""
+    """Return the BL slots of one Bernoulli stream as booleans.
+
+    Slot 2m compares the low 32 bits of draw m with the probability, slot 2m + 1 the high
+    32 bits; a probability of 1 sets every slot without drawing.
+    """
     probability = min(1.0, scale * abs(value))
     if probability <= 0.0:
         return [False] * bit_length
+    if probability >= 1.0:
+        return [True] * bit_length
     key = stream_key(seed, update_index, stream, index)
-    return [uniform(key, slot) < probability for slot in range(bit_length)]
+    slots = []
+    for slot in range(bit_length):
+        bits = random_bits(key, slot // 2)
+        half = bits & 0xFFFFFFFF if slot % 2 == 0 else bits >> 32
+        slots.append(half / 2.0**32 < probability)
+    return slots
 
 
 def soft_bounds_step(g: float, up: bool, alpha: float, b_max: float, b_min: float, noise: float, additive: bool) -> float:
@@ -88,7 +130,6 @@ def pulsed_update(
     pulses_down = np.zeros(n_rows, dtype=np.int64)
     for i in range(n_rows):
         key = stream_key(seed, update_index, STREAM_PULSE_NOISE, i)
-        noises = []
         counter = 0
         for slot in range(bit_length):
             if not d_streams[i][slot]:
@@ -98,10 +139,8 @@ def pulsed_update(
                     continue
                 up = (d[i] > 0) == (x_full[j] > 0)
                 if noise_std > 0:
-                    if not noises:
-                        noises.extend(normal_pair(key, counter))
-                        counter += 2
-                    noise = noise_std * noises.pop(0)
+                    xi, counter = normal(key, counter)
+                    noise = noise_std * xi
                 else:
                     noise = 0.0
                 alpha = alpha_up[i, j] if up else alpha_down[i, j]
@@ -171,9 +210,9 @@ def alternating_pairs(conductance, alpha_up, alpha_down, b_max, b_min, n_pairs, 
             for _ in range(n_pairs):
                 noise_up, noise_down = 0.0, 0.0
                 if noise_std > 0:
-                    first, second = normal_pair(key, counter)
-                    counter += 2
-                    noise_up, noise_down = noise_std * first, noise_std * second
+                    xi_up, counter = normal(key, counter)
+                    xi_down, counter = normal(key, counter)
+                    noise_up, noise_down = noise_std * xi_up, noise_std * xi_down
                 g[i, j] = soft_bounds_step(g[i, j], True, alpha_up[i, j], b_max[i, j], b_min[i, j], noise_up, additive)
                 states.append(g[i, j])
                 g[i, j] = soft_bounds_step(g[i, j], False, alpha_down[i, j], b_max[i, j], b_min[i, j], noise_down, additive)

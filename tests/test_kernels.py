@@ -21,11 +21,12 @@ def _uniforms(key, n):
 
 
 @numba.njit
-def _normals(key, n_pairs):
-    out = np.empty(2 * n_pairs)
-    for k in range(n_pairs):
-        out[2 * k], out[2 * k + 1] = rng.normal_pair(key, 2 * k)
-    return out
+def _normals(key, n):
+    out = np.empty(n)
+    counter = 0
+    for k in range(n):
+        out[k], counter = rng.normal(key, counter)
+    return out, counter
 
 
 @numba.njit
@@ -64,10 +65,18 @@ def test_uniforms_match_naive():
 
 
 def test_normals_match_naive():
+    # 20,000 variates reach the wedges and the tail, the rare paths, many times.
     key = naive.stream_key(1, 2, 3, 4)
-    got = _normals(np.uint64(key), 50)
-    expected = [z for k in range(50) for z in naive.normal_pair(key, 2 * k)]
+    got, counter = _normals(np.uint64(key), 20_000)
+    expected = []
+    naive_counter = 0
+    for _ in range(20_000):
+        value, naive_counter = naive.normal(key, naive_counter)
+        expected.append(value)
     np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-15)
+    assert counter == naive_counter
+    assert counter > 20_000
+    assert np.max(np.abs(got)) > 3.6541528853610088
 
 
 def test_uniform_moments():
@@ -81,13 +90,27 @@ def test_uniform_moments():
 
 
 def test_normal_moments():
-    n_pairs = 100_000
-    values = _normals(np.uint64(naive.stream_key(4, 0, 3, 0)), n_pairs)
-    n = values.size
+    n = 2_000_000
+    values, _ = _normals(np.uint64(naive.stream_key(4, 0, 3, 0)), n)
     assert abs(values.mean()) < 5 / math.sqrt(n)
     assert abs(values.var() - 1.0) < 5 * math.sqrt(2 / n)
-    # Adjacent pair members are independent.
-    assert abs(np.corrcoef(values[0::2], values[1::2])[0, 1]) < 5 / math.sqrt(n_pairs)
+    assert abs(np.mean(values**3)) < 5 * math.sqrt(15 / n)
+    assert abs(np.mean(values**4) - 3.0) < 5 * math.sqrt(96 / n)
+    # Successive variates are independent.
+    assert abs(np.corrcoef(values[:-1], values[1:])[0, 1]) < 5 / math.sqrt(n)
+
+
+def test_normal_distribution_matches_gaussian():
+    values, _ = _normals(np.uint64(naive.stream_key(5, 0, 3, 0)), 400_000)
+    ordered = np.sort(values)
+    cdf = 0.5 * (1.0 + np.array([math.erf(v / math.sqrt(2.0)) for v in ordered]))
+    empirical = np.arange(1, ordered.size + 1) / ordered.size
+    # Kolmogorov-Smirnov distance below its 0.1 % critical value, 1.95 / sqrt(n).
+    assert np.max(np.abs(cdf - empirical)) < 1.95 / math.sqrt(ordered.size)
+    # Tail beyond 3.5: expected fraction 4.65e-4 of both sides together.
+    tail = np.mean(np.abs(values) > 3.5)
+    expected = math.erfc(3.5 / math.sqrt(2.0))
+    assert abs(tail - expected) < 5 * math.sqrt(expected / values.size)
 
 
 def test_popcount():
