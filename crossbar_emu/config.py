@@ -308,6 +308,70 @@ class RunConfig:
             raise ConfigError("run.overwrite", self.overwrite, "must be true or false")
 
 
+def _index_tuples(key: str, value: Any, names: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """Return ``value``, a list of [index, ...] entries of len(names) integers >= 0, as tuples."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigError(key, value, f"must be a list of [{', '.join(names)}] entries")
+    entries = []
+    for entry in value:
+        if isinstance(entry, (str, bytes)) or not hasattr(entry, "__iter__") or len(entry) != len(names):
+            raise ConfigError(key, entry, f"each entry must be [{', '.join(names)}], {len(names)} integers")
+        for number in entry:
+            _check_range(key, number, 0, None, kind=int)
+        entries.append(tuple(entry))
+    return tuple(entries)
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """Per-device conductance traces written to the result file during training.
+
+    Tracing is on when any cell is selected. The selection forms add up, and a cell chosen
+    twice is traced once. Layer, row and column indices count from 0; a row is a layer
+    output, a column a layer input, and column n_in is the bias column. Indices are checked
+    against the network's layer shapes when training starts.
+    """
+
+    random_cells: int = 0
+    """K: cells drawn at random from each layer, without repetition, seeded from
+    training.seed; a layer with fewer cells is traced whole. 0 draws none."""
+    cells: tuple[tuple[int, int, int], ...] = ()
+    """Single cells, as [layer, row, column] entries."""
+    rows: tuple[tuple[int, int], ...] = ()
+    """Whole rows, as [layer, row] entries: every device of one layer output."""
+    cols: tuple[tuple[int, int], ...] = ()
+    """Whole columns, as [layer, column] entries: every device driven by one input."""
+    all_layers: tuple[int, ...] = ()
+    """Layers whose every cell is traced; each may have at most 10,000 cells."""
+    every: int = 1000
+    """N, samples: record the traced cells after every N training samples of each epoch,
+    counted from the epoch start, and at each epoch end."""
+    flush_records: int = 100
+    """M, records: traced values are kept in memory and written to the result file every
+    M records, at each epoch end and when the run stops."""
+
+    def __post_init__(self):
+        _check_range("trace.random_cells", self.random_cells, 0, None, kind=int)
+        object.__setattr__(self, "cells", _index_tuples("trace.cells", self.cells, ("layer", "row", "column")))
+        object.__setattr__(self, "rows", _index_tuples("trace.rows", self.rows, ("layer", "row")))
+        object.__setattr__(self, "cols", _index_tuples("trace.cols", self.cols, ("layer", "column")))
+        layers = self.all_layers
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            layers = (layers,)
+        if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+            raise ConfigError("trace.all_layers", layers, "must be a list of layer indices, such as [2]")
+        for layer in layers:
+            _check_range("trace.all_layers", layer, 0, None, kind=int)
+        object.__setattr__(self, "all_layers", tuple(layers))
+        _check_range("trace.every", self.every, 1, None, kind=int)
+        _check_range("trace.flush_records", self.flush_records, 1, None, kind=int)
+
+    @property
+    def active(self) -> bool:
+        """Whether any cell is selected, so that the run records traces."""
+        return bool(self.random_cells or self.cells or self.rows or self.cols or self.all_layers)
+
+
 @dataclass(frozen=True)
 class Config:
     """The resolved configuration of one run."""
@@ -319,6 +383,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
 
     def __post_init__(self):
         if self.zero_shift.mode != "off" and self.device.kind != "softbounds":
@@ -368,6 +433,7 @@ _SECTIONS = {
     "network": NetworkConfig,
     "training": TrainingConfig,
     "run": RunConfig,
+    "trace": TraceConfig,
 }
 
 
