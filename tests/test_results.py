@@ -57,6 +57,7 @@ ROOT_ATTRIBUTES = {
     "threads",
     "numba_version",
     "numpy_version",
+    "stopped_early",
 }
 LAYER_ATTRIBUTES = {"n_in", "n_out", "out_scale", "row_bounds", "col_bounds", "reference_layout", "device_kind"}
 LAYER_DATASETS = {"alpha_up", "alpha_down", "b_max", "b_min", "reference", "conductance_initial", "conductance"}
@@ -136,10 +137,11 @@ def test_root_attributes(completed_run):
         attrs = dict(result.attrs)
 
     assert set(attrs) >= ROOT_ATTRIBUTES
-    assert attrs["schema_version"] == 1
+    assert attrs["schema_version"] == 2
     assert attrs["package_version"] == metadata.version("crossbar-emu")
     assert attrs["seed"] == SEED
     assert attrs["status"] == "completed"
+    assert attrs["stopped_early"] == False  # noqa: E712 (numpy bool)
     assert attrs["epochs_completed"] == EPOCHS
     assert 1 <= attrs["threads"] <= numba.config.NUMBA_NUM_THREADS
     assert attrs["numba_version"] == numba.__version__
@@ -381,6 +383,7 @@ def test_interrupt_keeps_finished_epoch(tmp_path, mnist_data, monkeypatch):
     assert len(snapshots) == 1
     with h5py.File(path, "r") as stored:
         assert stored.attrs["status"] == "interrupted"
+        assert stored.attrs["stopped_early"] == True  # noqa: E712 (numpy bool)
         assert stored.attrs["epochs_completed"] == 1
         metrics = stored["metrics"][...]
         assert metrics.shape == (1,)
@@ -423,6 +426,7 @@ def test_error_marks_run_failed(tmp_path, mnist_data, monkeypatch):
 
     with h5py.File(path, "r") as stored:
         assert stored.attrs["status"] == "failed"
+        assert stored.attrs["stopped_early"] == True  # noqa: E712 (numpy bool)
         assert stored.attrs["epochs_completed"] == 1
         assert stored["metrics"]["epoch"].tolist() == [1]
 
