@@ -13,6 +13,16 @@ from tqdm import tqdm
 from .config import Config
 from .network import SEED_SAMPLE_ORDER, CrossbarMLP, child_rng
 from .results import ResultFile
+from .traces import (
+    HEALTH_INTERVAL,
+    DeviceHealth,
+    TracedCells,
+    chunk_bounds,
+    health_postfix,
+    health_summary,
+    pulse_totals,
+    select_cells,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +81,35 @@ def train(
     """Train the network for ``config.training.epochs`` and evaluate after each epoch.
 
     ``train_images`` rows are inputs in [0, 1]. Each epoch is written to ``result`` as soon
-    as it ends. A KeyboardInterrupt stops the run after closing the result file with status
-    ``interrupted``; the finished epochs stay in it.
+    as it ends. With cells selected in ``config.trace``, their state is recorded into
+    ``result`` between the compiled training calls. A KeyboardInterrupt stops the run after
+    closing the result file with status ``interrupted``; the finished epochs and every trace
+    record taken stay in it. This function installs no signal handlers.
     """
     training = config.training
+    trace = config.trace
     threads = set_threads(config.run.threads)
+    traced: TracedCells | None = None
     try:
         network = network or CrossbarMLP(config, n_inputs=train_images.shape[1])
+        if trace.active:
+            selections = select_cells(config, [layer.shape for layer in network.layers])
+            if result is None:
+                logger.warning("cells are selected for tracing, but there is no result file to record them in")
         if result is not None:
             result.write_header(config.to_json(), training.seed, threads)
             result.write_layers(network.layers, network.calibrations, config.zero_shift)
+            if trace.active:
+                result.create_traces(
+                    selections, network.layers, every=trace.every, flush_records=trace.flush_records, random_cells=trace.random_cells
+                )
+                traced = TracedCells(selections, network.layers)
+                logger.info(
+                    "tracing %s cells of layers %s every %d samples",
+                    "/".join(str(len(rows)) for rows, _ in selections),
+                    "/".join(str(layer.index) for layer in network.layers),
+                    trace.every,
+                )
     except BaseException:
         if result is not None:
             result.close("failed")
@@ -90,8 +119,10 @@ def train(
     n_train = len(train_images)
     batch = training.batch_size
     # Samples per compiled call: a multiple of the batch, small enough for a lively
-    # progress bar and a prompt reaction to Ctrl-C.
+    # progress bar and a prompt reaction to Ctrl-C. Tracing adds a call boundary at every
+    # record, which select_cells keeps on a batch boundary.
     chunk = batch * max(1, 500 // batch)
+    health = DeviceHealth(network.layers)
     logger.info(
         "training %s on %s devices, %d train and %d test samples, %d epochs, seed %d, %d threads",
         "-".join(str(layer.n_in) for layer in network.layers) + f"-{network.layers[-1].n_out}",
@@ -112,6 +143,8 @@ def train(
         network.evaluate(test_images[:1], test_labels[:1])
         summary.compile_seconds = time.perf_counter() - compile_start
         logger.info("kernels ready in %.2f s (JIT compilation or cache load)", summary.compile_seconds)
+        if traced is not None:
+            result.traces.append(0, 0, traced.read(network.layers))
 
         for epoch in range(1, training.epochs + 1):
             learning_rate = training.learning_rate(epoch)
@@ -124,10 +157,14 @@ def train(
             wrong = 0
             pulses_up = 0
             pulses_down = 0
+            epoch_start_pulses = pulse_totals(network.layers)
+            health_pulses = epoch_start_pulses
+            health_sample = 0
+            health_fields: dict[str, str] = {}
+            bounds = chunk_bounds(n_train, chunk, trace.every if traced is not None else None)
             start = time.perf_counter()
             bar = tqdm(total=n_train, desc=f"epoch {epoch}/{training.epochs}", unit="sample", disable=not progress, leave=False)
-            for first in range(0, n_train, chunk):
-                last = min(first + chunk, n_train)
+            for first, last in zip(bounds[:-1], bounds[1:]):
                 if batch == 1:
                     losses, correct, up, down = network.train_samples(
                         train_images, train_labels, order, first, last, learning_rate, update_index
@@ -146,11 +183,20 @@ def train(
                             pulses_up += sample.pulses_up
                             pulses_down += sample.pulses_down
                 update_index += last - first
+                if traced is not None and (last % trace.every == 0 or last == n_train):
+                    result.traces.append(update_index, epoch, traced.read(network.layers))
                 bar.update(last - first)
                 if progress:
-                    bar.set_postfix(loss=f"{loss_sum / last:.3f}", err=f"{wrong / last:.3f}")
+                    if last - health_sample >= HEALTH_INTERVAL:
+                        totals = pulse_totals(network.layers)
+                        rates = (totals - health_pulses) / (last - health_sample)
+                        health_fields = health_postfix(health.near_bound(network.layers), rates)
+                        health_pulses = totals
+                        health_sample = last
+                    bar.set_postfix({"loss": f"{loss_sum / last:.3f}", "err": f"{wrong / last:.3f}", **health_fields})
             bar.close()
             seconds = time.perf_counter() - start
+            epoch_rates = (pulse_totals(network.layers) - epoch_start_pulses) / n_train
 
             test_loss, test_error = network.evaluate(test_images, test_labels)
             metrics = EpochMetrics(
@@ -176,11 +222,16 @@ def train(
                 metrics.samples_per_second,
                 pulses_up + pulses_down,
             )
+            logger.info("epoch %d devices: %s", epoch, health_summary(health.near_bound(network.layers), epoch_rates))
             if result is not None:
                 result.append_epoch(metrics.as_row(), network.layers)
     except KeyboardInterrupt:
         summary.status = "interrupted"
-        logger.warning("interrupted during epoch %d; the finished epochs are saved", len(summary.epochs) + 1)
+        logger.warning(
+            "interrupted during epoch %d; the finished epochs%s are saved",
+            len(summary.epochs) + 1,
+            " and the trace records taken" if traced is not None else "",
+        )
         if result is not None:
             result.close("interrupted")
         raise
