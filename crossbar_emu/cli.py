@@ -1,10 +1,15 @@
-"""Command-line interface: ``crossbar-emu train`` and ``crossbar-emu data fetch``."""
+"""Command-line interface: ``crossbar-emu train``, ``calibrate``, ``traces`` and ``data fetch``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +30,8 @@ logger = logging.getLogger("crossbar_emu")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# A run stopped by a signal exits with 128 + the signal number, as shells report it.
+EXIT_SIGNAL_BASE = 128
 
 # Command-line option of each configuration key, for error messages and overrides.
 TRAIN_OPTIONS: dict[str, str] = {
@@ -60,7 +67,16 @@ TRAIN_OPTIONS: dict[str, str] = {
     "run.out": "--out",
     "run.overwrite": "--overwrite",
     "run.threads": "--threads",
+    "trace.random_cells": "--trace-cells",
+    "trace.cells": "--trace-cell",
+    "trace.rows": "--trace-row",
+    "trace.cols": "--trace-col",
+    "trace.all_layers": "--trace-all-layer",
+    "trace.every": "--trace-every",
+    "trace.flush_records": "--trace-flush",
 }
+
+TRACE_SELECTION_OPTIONS = "--trace-cells, --trace-cell, --trace-row, --trace-col or --trace-all-layer"
 
 
 def _int_list(text: str) -> list[int]:
@@ -75,6 +91,26 @@ def _float_list(text: str) -> list[float]:
         return [float(item) for item in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _index_entry(count: int, form: str):
+    """Return an argparse type that parses ``count`` comma-separated indices >= 0."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(item) for item in text.split(",")]
+        except ValueError:
+            values = []
+        if len(values) != count or any(value < 0 for value in values):
+            raise argparse.ArgumentTypeError(f"expected {form}, {count} integers >= 0 separated by commas, got {text!r}")
+        return values
+
+    return parse
+
+
+_cell_entry = _index_entry(3, "LAYER,ROW,COL")
+_row_entry = _index_entry(2, "LAYER,ROW")
+_col_entry = _index_entry(2, "LAYER,COL")
 
 
 def _tile_size(text: str) -> tuple[int, int]:
@@ -106,7 +142,7 @@ def _add_train_parser(subparsers) -> None:
         "Options override the values of --config; unset ones keep the defaults "
         "(see --print-config).",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML file with [device], [tile], [update], [network], [training], [run] tables")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with [device], [tile], [update], [network], [training], [run], [trace] tables")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and exit")
 
     device = parser.add_argument_group("device")
@@ -174,7 +210,56 @@ def _add_train_parser(subparsers) -> None:
     )
     run.add_argument("--threads", type=int, help="Numba threads (default: every core)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+    trace = parser.add_argument_group(
+        "traces",
+        "Record chosen devices during training into the result file (see crossbar-emu traces). "
+        "Layers, rows and columns count from 0; column n_in of a layer is its bias. The forms add up; "
+        "a repeated option on the command line replaces the list of the --config file.",
+    )
+    trace.add_argument("--trace-cells", type=int, metavar="K", help="trace K cells drawn at random from each layer, seeded from --seed (default 0)")
+    trace.add_argument("--trace-cell", type=_cell_entry, action="append", metavar="L,R,C", help="trace the cell at layer L, row R, column C; repeatable")
+    trace.add_argument("--trace-row", type=_row_entry, action="append", metavar="L,R", help="trace every cell of row R of layer L; repeatable")
+    trace.add_argument("--trace-col", type=_col_entry, action="append", metavar="L,C", help="trace every cell of column C of layer L; repeatable")
+    trace.add_argument(
+        "--trace-all-layer", type=int, action="append", metavar="L",
+        help="trace every cell of layer L, at most 10,000 cells; repeatable",
+    )
+    trace.add_argument(
+        "--trace-every", type=int, metavar="N",
+        help="record after every N training samples of each epoch, and at each epoch end (default 1000)",
+    )
+    trace.add_argument(
+        "--trace-flush", type=int, metavar="M",
+        help="write the records to the file every M records, at epoch ends and on stop (default 100)",
+    )
     parser.set_defaults(handler=_run_train)
+
+
+def _add_traces_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "traces",
+        help="list, print, export or plot the device traces of a result file",
+        description="Read the traced devices of a training run. Without options, list the layers, "
+        "the traced cells and the time span. --cell prints a cell's series; --csv and --plot "
+        "export the traced cells, or only the --cell ones.",
+    )
+    parser.add_argument("file", metavar="FILE", help="result file of a run trained with traced cells")
+    parser.add_argument(
+        "--cell", type=_cell_entry, action="append", metavar="L,R,C",
+        help="a traced cell: layer L, row R, column C; repeatable. Alone, print its series",
+    )
+    parser.add_argument(
+        "--csv", metavar="OUT",
+        help="write the records to OUT ('-' for standard output) in long format, one row per cell and record: "
+        "layer, row, col, step (training samples done), epoch, g, g_ref, w, n_up, n_down",
+    )
+    parser.add_argument(
+        "--plot", metavar="OUT.png",
+        help="draw the conductance against training samples, with the reference and the bounds, for the "
+        "--cell cells or for up to 12 traced cells; needs matplotlib",
+    )
+    parser.set_defaults(handler=_run_traces)
 
 
 def _add_data_parser(subparsers) -> None:
@@ -294,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_parser(subparsers)
     _add_calibrate_parser(subparsers)
+    _add_traces_parser(subparsers)
     _add_data_parser(subparsers)
     return parser
 
@@ -308,6 +394,29 @@ def _option_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.tile_size is not None:
         overrides["tile.max_rows"], overrides["tile.max_cols"] = args.tile_size
     return overrides
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """Raise KeyboardInterrupt on SIGTERM inside the block, so the run stops as on Ctrl-C.
+
+    Yields the list of signals received. Outside the main thread, where Python cannot set
+    signal handlers, SIGTERM keeps its present handling.
+    """
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _describe_config_error(error: ConfigError, options: dict[str, str]) -> str:
@@ -340,6 +449,17 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             f"must be in [1, {numba.config.NUMBA_NUM_THREADS}], the threads Numba started with "
             "(raise NUMBA_NUM_THREADS for more)\n",
         )
+    if config.trace.active:
+        from .traces import network_shapes, select_cells
+
+        # The cell indices need the layer shapes, which the configuration alone does not check.
+        try:
+            select_cells(config, network_shapes(config))
+        except ConfigError as error:
+            given = {key: option for key, option in TRAIN_OPTIONS.items() if key in _option_overrides(args)}
+            parser.exit(EXIT_USAGE, f"crossbar-emu train: error: {_describe_config_error(error, given)}\n")
+    elif args.trace_every is not None or args.trace_flush is not None:
+        logger.warning("--trace-every and --trace-flush have no effect without a cell selection (%s)", TRACE_SELECTION_OPTIONS)
     if args.print_config:
         sys.stdout.write(config.to_toml())
         return 0
@@ -362,24 +482,117 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     train_limit = config.training.train_limit or len(data.train_images)
     test_limit = config.training.test_limit or len(data.test_images)
-    result = ResultFile(out, overwrite=config.run.overwrite)
-    logger.info("writing results to %s", out)
-    try:
-        summary = train(
-            config,
-            data.train_images[:train_limit],
-            data.train_labels[:train_limit],
-            data.test_images[:test_limit],
-            data.test_labels[:test_limit],
-            result=result,
-            progress=not args.no_progress,
-        )
-    except KeyboardInterrupt:
-        logger.warning("interrupted; %s contains the finished epochs", out)
-        return EXIT_INTERRUPTED
+    with _stop_on_sigterm() as signals:
+        result = ResultFile(out, overwrite=config.run.overwrite)
+        logger.info("writing results to %s", out)
+        try:
+            summary = train(
+                config,
+                data.train_images[:train_limit],
+                data.train_labels[:train_limit],
+                data.test_images[:test_limit],
+                data.test_labels[:test_limit],
+                result=result,
+                progress=not args.no_progress,
+            )
+        except KeyboardInterrupt:
+            # train closes the file itself; this covers a stop before it started.
+            result.close("interrupted")
+            cause = signal.Signals(signals[0]).name if signals else "interrupted"
+            logger.warning("%s; %s contains the finished epochs", cause, out)
+            return EXIT_SIGNAL_BASE + signals[0] if signals else EXIT_INTERRUPTED
     final = summary.epochs[-1]
     logger.info("done: test error %.2f %% after %d epochs; results in %s", 100 * final.test_error, final.epoch, out)
     return 0
+
+
+def _run_traces(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .traces import MAX_PLOT_CELLS, TraceFileError, TraceReader
+
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        logger.error('--plot needs matplotlib, which is not installed; install it with: pip install "crossbar-emu[plot]"')
+        return EXIT_FAILURE
+    if args.cell and args.plot is not None and len(args.cell) > MAX_PLOT_CELLS:
+        parser.exit(EXIT_USAGE, f"crossbar-emu traces: error: --plot draws at most {MAX_PLOT_CELLS} cells; {len(args.cell)} --cell options were given\n")
+    try:
+        reader = TraceReader(args.file)
+    except TraceFileError as error:
+        logger.error("%s", error)
+        return EXIT_FAILURE
+
+    with reader:
+        try:
+            return _report_traces(args, parser, reader)
+        except BrokenPipeError:
+            # The reader of standard output went away (``| head``). Point stdout at devnull so
+            # that the flush at exit does not fail again, as the Python signal docs advise.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_FAILURE
+
+
+def _report_traces(args: argparse.Namespace, parser: argparse.ArgumentParser, reader) -> int:
+    """Print, export or plot the traces that ``args`` request from an open TraceReader."""
+    from .traces import MAX_PLOT_CELLS, CellError
+
+    try:
+        cells = [reader.find(*entry) for entry in args.cell] if args.cell else None
+    except CellError as error:
+        parser.exit(EXIT_USAGE, f"crossbar-emu traces: error: invalid value for --cell: {error}\n")
+    if args.csv is None and args.plot is None:
+        if cells is None:
+            print(reader.describe())
+        else:
+            print("\n\n".join(reader.format_series(cell) for cell in cells))
+        sys.stdout.flush()
+        return 0
+
+    if args.csv is not None:
+        try:
+            if args.csv == "-":
+                rows = reader.write_csv(sys.stdout, cells)
+                sys.stdout.flush()
+            else:
+                with open(args.csv, "w", newline="", encoding="utf-8") as stream:
+                    rows = reader.write_csv(stream, cells)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            logger.error("cannot write --csv %s: %s", args.csv, error)
+            return EXIT_FAILURE
+        logger.info("wrote %d rows to %s", rows, args.csv)
+
+    if args.plot is not None:
+        if cells is None:
+            cells = _cells_to_plot(reader.all_cells(), MAX_PLOT_CELLS)
+            logger.info("drawing %d of the %d traced cells; choose the cells with --cell", len(cells), len(reader.all_cells()))
+        if not cells:
+            logger.error("%s has no traced cells to draw", args.file)
+            return EXIT_FAILURE
+        try:
+            reader.plot(args.plot, cells)
+        except ValueError as error:
+            parser.exit(EXIT_USAGE, f"crossbar-emu traces: error: invalid value for --plot: {args.plot!r}; {error}\n")
+        except OSError as error:
+            logger.error("cannot write --plot %s: %s", args.plot, error)
+            return EXIT_FAILURE
+        logger.info("wrote %s", args.plot)
+    return 0
+
+
+def _cells_to_plot(cells: list, limit: int) -> list:
+    """Return up to ``limit`` cells, taken in turn from each layer so every layer shows."""
+    by_layer: dict[int, list] = {}
+    for cell in cells:
+        by_layer.setdefault(cell.layer, []).append(cell)
+    chosen = []
+    depth = 0
+    while len(chosen) < limit and any(depth < len(group) for group in by_layer.values()):
+        for group in by_layer.values():
+            if depth < len(group) and len(chosen) < limit:
+                chosen.append(group[depth])
+        depth += 1
+    return sorted(chosen, key=lambda cell: (cell.layer, cell.position))
 
 
 def _run_data_fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
