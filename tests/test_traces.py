@@ -68,11 +68,14 @@ def random_data(seed: int = 0):
 
 
 def small_config(**trace) -> Config:
+    # One Numba thread: the tiny layers gain nothing from two, and on a busy machine the
+    # parallel regions of two threads wait for each other.
     overrides = {
         "network.hidden": [12],
         "training.epochs": 2,
         "training.seed": 5,
         "training.lr": 0.05,
+        "run.threads": 1,
     }
     overrides.update({f"trace.{key}": value for key, value in trace.items()})
     return Config().replace(overrides)
