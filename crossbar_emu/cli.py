@@ -566,8 +566,8 @@ def _report_traces(args: argparse.Namespace, parser: argparse.ArgumentParser, re
         if cells is None:
             cells = _cells_to_plot(reader.all_cells(), MAX_PLOT_CELLS)
             logger.info("drawing %d of the %d traced cells; choose the cells with --cell", len(cells), len(reader.all_cells()))
-        if not cells:
-            logger.error("%s has no traced cells to draw", args.file)
+        if not cells or reader.n_records == 0:
+            logger.error("%s has no trace records to draw: its run stopped before the first record", args.file)
             return EXIT_FAILURE
         try:
             reader.plot(args.plot, cells)

@@ -502,15 +502,15 @@ def test_interrupt_flushes_buffer(tmp_path, monkeypatch):
         train(config, train_x, train_y, test_x, test_y, result=ResultFile(path), network=network)
 
     samples, _ = expected_samples(2)
-    kept = [sample for sample in samples if sample <= N_TRAIN + 125]
+    samples_before_stop = [sample for sample in samples if sample <= N_TRAIN + 125]
     with h5py.File(path, "r") as stored:
         assert stored.attrs["status"] == "interrupted"
         assert stored.attrs["stopped_early"] == True  # noqa: E712 (numpy bool)
         assert stored.attrs["epochs_completed"] == 1
-        assert stored["traces/step"]["sample"].tolist() == kept
+        assert stored["traces/step"]["sample"].tolist() == samples_before_stop
         group = stored["traces/layer_1"]
         rows, cols = group["rows"][...], group["cols"][...]
-        assert group["g"].shape[0] == len(kept)
+        assert group["g"].shape[0] == len(samples_before_stop)
         np.testing.assert_array_equal(group["g"][-1], snapshots[N_TRAIN + 125][1]["g"][rows, cols])
         assert group["epoch_pulses_up"].shape[0] == 1
         assert stored["metrics"].shape == (1,)
@@ -807,6 +807,22 @@ def test_traces_plot_without_matplotlib(traced_file, tmp_path, monkeypatch, capl
     assert not (tmp_path / "x.png").exists()
 
 
+def test_traces_plot_without_records(tmp_path, caplog):
+    config = small_config(random_cells=2)
+    network = CrossbarMLP(config, n_inputs=N_INPUTS)
+    result = ResultFile(tmp_path / "empty.h5")
+    result.write_header(config.to_json(), 5, 1)
+    result.write_layers(network.layers, network.calibrations, config.zero_shift)
+    result.create_traces(select_cells(config, SHAPES), network.layers, every=10, flush_records=5, random_cells=2)
+    result.close("interrupted")
+
+    status = run_main(["traces", str(tmp_path / "empty.h5"), "--plot", str(tmp_path / "empty.png")])
+
+    assert status == 1
+    assert any("has no trace records to draw" in record.getMessage() for record in caplog.records)
+    assert not (tmp_path / "empty.png").exists()
+
+
 @pytest.mark.parametrize(
     ("cell", "fragment"),
     [
@@ -917,7 +933,7 @@ def stop_training(work: Path, mnist_dir: Path, signum: int) -> tuple[subprocess.
 
 
 def check_stopped_file(path: Path) -> None:
-    """Check that a stopped run's file holds whole epochs and a gap-free prefix of the records."""
+    """Check that a stopped run's file contains whole epochs and a gap-free prefix of the records."""
     with h5py.File(path, "r") as stored:
         assert stored.attrs["status"] == "interrupted"
         assert stored.attrs["stopped_early"] == True  # noqa: E712 (numpy bool)
