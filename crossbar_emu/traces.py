@@ -21,12 +21,9 @@ import h5py
 import numpy as np
 
 from .config import Config, ConfigError
-from .network import child_rng
+from .network import SEED_TRACE_CELLS, child_rng
 from .results import SCHEMA_VERSION, TRACE_FIELDS
 from .tiles import CrossbarLayer
-
-# Label of the random stream that draws the traced cells. network.py uses labels 1 to 4.
-SEED_TRACE_CELLS = 5
 
 MAX_FULL_LAYER_CELLS = 10_000
 """Maximum number of cells in a layer that ``trace.all_layers`` traces whole."""
