@@ -324,8 +324,7 @@ class Point:
 
 def check_trace_selection(config: Config) -> None:
     """Raise ConfigError if the configuration traces cells outside its network."""
-    trace = getattr(config, "trace", None)
-    if trace is None or not trace.active:
+    if not config.trace.active:
         return
     from .traces import network_shapes, select_cells
 
@@ -748,7 +747,7 @@ def run_sweep(
 
         if scheduler is None:
             workers = min(workers or max(1, _usable_cores() // threads), max(1, len(tasks)))
-            where = f"{workers} local worker processes"
+            where = f"{workers} local worker process{'es' if workers > 1 else ''}"
         else:
             where = f"the Dask scheduler at {scheduler}"
         logger.info(

@@ -12,12 +12,10 @@ for every point, and one given several values is swept.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +24,19 @@ from typing import Any, Sequence
 from .cli import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_SIGNAL_BASE,
     EXIT_USAGE,
     TRAIN_OPTIONS,
     _add_train_parser,
     _describe_config_error,
     _float_list,
     _int_list,
+    _stop_on_sigterm,
 )
 from .config import Config, ConfigError, load_config
 from .sweep import SEED_KEY, SWEEP_OWNED_KEYS, Axis, Grid, SweepError, seed_axis
 
 logger = logging.getLogger("crossbar_emu")
-
-# A run stopped by a signal exits with 128 + the signal number, as shells report it.
-EXIT_SIGNAL_BASE = 128
 
 TILE_SIZE_OPTION = "--tile-size"
 TILE_SIZE_KEYS = ("tile.max_rows", "tile.max_cols")
@@ -279,29 +276,6 @@ def _describe_error(error: ConfigError, option_of_key: dict[str, str], grid_file
     return text
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Raise KeyboardInterrupt on SIGTERM inside the block; yield the signals received.
-
-    Outside the main thread, where Python cannot set signal handlers, SIGTERM keeps its
-    present handling.
-    """
-    received: list[int] = []
-
-    def handler(signum, frame):
-        received.append(signum)
-        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .mnist import DataError
     from .sweep import build_points, run_sweep
@@ -325,7 +299,7 @@ def _run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         return 0
 
     threads = points[0].config.run.threads or 1
-    with _sigterm_as_interrupt() as signals:
+    with _stop_on_sigterm() as signals:
         try:
             summary = run_sweep(
                 points, args.out, keys=grid.keys, threads=threads, workers=args.workers,

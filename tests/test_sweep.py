@@ -197,6 +197,7 @@ def test_point_name_ignores_run_settings():
         pytest.param(None, ["--imbalance", "0,1.5"], ["--imbalance", "device.imbalance", "1.5", "(-1, 1)"], id="option-range"),
         pytest.param(None, ["--zero-shift", "off,exactly"], ["--zero-shift", "exactly", "off, exact, pulsed"], id="option-choice"),
         pytest.param(None, ["--calibration-pairs", "100", "--zero-shift", "off,pulsed"], ["zero_shift.calibration_pairs", "100", "pulsed"], id="pair-with-mode"),
+        pytest.param(None, ["--trace-cell", "0,20,0"], ["--trace-cell", "trace.cells", "[0, 20, 0]", "row 20"], id="trace-outside-layer"),
         pytest.param('[grid]\n"device.imbalanc" = [0, 0.2]\n', [], ["device.imbalanc", "[0, 0.2]", "unknown configuration key"], id="file-unknown-key"),
         pytest.param("[grid]\ndevice.imbalance = [0, 1.5]\n", [], ["device.imbalance", "1.5", "--grid"], id="file-range"),
     ],
@@ -223,23 +224,44 @@ def test_invalid_grid_fails_before_run(tmp_path, capsys, grid_text, options, fra
 # ---------------------------------------------------------------------------
 
 
-def test_sweep_resumes_after_kill(tmp_path, mnist_dir):
-    psutil = pytest.importorskip("psutil")
-    out = tmp_path / "sweep"
-    command = [
+def sweep_command(out: Path) -> list[str]:
+    """Command line of a sweep of 6 points, each long enough to stop the sweep between them."""
+    return [
         sys.executable, "-m", "crossbar_emu.sweep_cli", "sweep", "--hidden", "64", "--train-limit", "8000",
         "--test-limit", "200", "--epochs", "1", "--imbalance", "0,0.1,0.2,0.3,0.4,0.5", "--workers", "1",
         "--out", str(out), "--no-progress",
     ]
-    with open(tmp_path / "first.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_after_first_point(command: list[str], cwd: Path, signum: int) -> tuple[subprocess.Popen, list, list]:
+    """Start the sweep, send ``signum`` once a result file appears, and wait for the sweep to exit.
+
+    Returns the process, its child processes and those of them that run points, all taken
+    just before the signal. The other child is multiprocessing's resource tracker.
+    """
+    import psutil
+
+    out = Path(command[command.index("--out") + 1])
+    with open(cwd / f"stopped-{signum}.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while not result_files(out) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        workers = psutil.Process(process.pid).children(recursive=True)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    _, alive = psutil.wait_procs(workers, timeout=10)
+        children = psutil.Process(process.pid).children(recursive=True)
+        workers = [child for child in children if "resource_tracker" not in " ".join(child.cmdline())]
+        process.send_signal(signum)
+        process.wait(timeout=60)
+    return process, children, workers
+
+
+def test_sweep_resumes_after_kill(tmp_path, mnist_dir):
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "sweep"
+    command = sweep_command(out)
+    _, children, _ = stop_after_first_point(command, tmp_path, signal.SIGKILL)
+
+    # The workers notice that the sweep process is gone and exit by themselves.
+    _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
     finished = {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in result_files(out)}
     assert 1 <= len(finished) < 6
@@ -257,6 +279,25 @@ def test_sweep_resumes_after_kill(tmp_path, mnist_dir):
     assert list(out.glob("*.part-*")) == []
     manifest = json.loads((out / "sweep.json").read_text())
     assert sorted(f"{name}.h5" for name in manifest["points"]) == [path.name for path in paths]
+
+
+def test_sigterm_stops_sweep_and_workers(tmp_path, mnist_dir):
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "sweep"
+    process, children, workers = stop_after_first_point(sweep_command(out), tmp_path, signal.SIGTERM)
+
+    log = (tmp_path / f"stopped-{signal.SIGTERM}.log").read_text()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "not run" in log
+    assert "SIGTERM; rerun the same command" in log
+    # The sweep joins its workers before it exits. The resource tracker exits on its own
+    # once the sweep is gone.
+    assert workers != []
+    assert [worker for worker in workers if worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE] == []
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    assert 1 <= len(result_files(out)) < 6
+    assert all(file_status(path) == "completed" for path in result_files(out))
 
 
 def test_failed_point_does_not_stop_others(tmp_path, capsys, mnist_dir):
