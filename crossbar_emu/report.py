@@ -29,6 +29,8 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 PLOT_NAME = "test_error_vs_imbalance.png"
 X_KEY = "device.imbalance"
+# Sideways shift between neighbouring lines of the plot, as a fraction of the x range.
+DODGE_FRACTION = 0.008
 # Keys that tell the reference settings apart, with the words their values get in plot labels.
 LABEL_FORMS = {
     "zero_shift.mode": "zero shift {}",
@@ -300,7 +302,8 @@ def plot_test_error(groups: list[Group], keys: list[str], path: str | Path) -> b
     """Draw the final test error against device.imbalance, one line per other setting.
 
     Markers are the means over seeds, and the bars reach from the minimum to the maximum.
-    Returns False, writing nothing, when no group has a completed run. Needs matplotlib.
+    Lines are shifted sideways by a small step, stated in the title. Returns False, writing
+    nothing, when no group has a completed run. Needs matplotlib.
     """
     from matplotlib.figure import Figure
 
@@ -315,11 +318,16 @@ def plot_test_error(groups: list[Group], keys: list[str], path: str | Path) -> b
 
     figure = Figure(figsize=(8, 5), layout="constrained")
     axes = figure.add_subplot()
+    # Each line is shifted sideways by a small step, so that error bars at the same u
+    # stay apart.
+    all_x = [group.setting(X_KEY) for members in lines.values() for group in members]
+    step = DODGE_FRACTION * ((max(all_x) - min(all_x)) or 1.0) if len(lines) > 1 else 0.0
     highest = 0.0
     lowest = math.inf
-    for members in lines.values():
+    for index, members in enumerate(lines.values()):
         members = sorted(members, key=lambda group: group.setting(X_KEY))
-        x = np.array([group.setting(X_KEY) for group in members], dtype=np.float64)
+        shift = (index - (len(lines) - 1) / 2) * step
+        x = np.array([group.setting(X_KEY) for group in members], dtype=np.float64) + shift
         statistics = [group.final for group in members]
         mean = 100 * np.array([item.mean for item in statistics])
         low = 100 * np.array([item.min for item in statistics])
@@ -334,7 +342,10 @@ def plot_test_error(groups: list[Group], keys: list[str], path: str | Path) -> b
         axes.set_yscale("log")
     axes.set_xlabel(f"up/down imbalance u ({X_KEY})")
     axes.set_ylabel("final test error (%)")
-    axes.set_title("Final test error: mean over seeds, bars from min to max")
+    title = "Final test error: mean over seeds, bars from min to max"
+    if step:
+        title += f"\n(lines shifted by up to ±{(len(lines) - 1) / 2 * step:.2g} in u to keep the bars apart)"
+    axes.set_title(title, fontsize="medium")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.savefig(path, dpi=150)
