@@ -157,7 +157,7 @@ def test_grid_file_conflicts_rejected(tmp_path):
         assert raised.value.key == key, case
 
 
-def test_point_name_stable_across_processes():
+def test_point_name_stable_across_processes(tmp_path):
     config = canonical_config(Config().replace({"device.imbalance": 0.3, "zero_shift.mode": "exact", "training.epochs": 2}))
     code = (
         "from crossbar_emu.config import Config\n"
@@ -165,7 +165,11 @@ def test_point_name_stable_across_processes():
         "config = Config().replace({'training.epochs': 2, 'zero_shift.mode': 'exact', 'device.imbalance': 0.3})\n"
         "print(point_name(canonical_config(config)))\n"
     )
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "12345"})
+    # cwd is outside the source tree, so the subprocess imports the installed package.
+    other = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
 
     name = point_name(config)
     assert len(name) == 12
