@@ -11,3 +11,19 @@ SERIAL = {"nogil": True, "cache": True, "fastmath": False}
 PARALLEL = {**SERIAL, "parallel": True}
 INLINE = {**SERIAL, "inline": "always"}
 DOT = {**SERIAL, "fastmath": {"reassoc"}}
+# Parallel over explicit prange loops only. Numba would otherwise turn array expressions
+# such as ``a.max()`` or ``np.zeros(n)`` into parallel regions too, and in the per-sample
+# loop their start-up cost made two threads slower than one.
+PRANGE_ONLY = {
+    **SERIAL,
+    "parallel": {
+        "prange": True,
+        "numpy": False,
+        "reduction": False,
+        "setitem": False,
+        "comprehension": False,
+        "inplace_binop": False,
+        "stencil": False,
+        "fusion": False,
+    },
+}

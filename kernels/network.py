@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from .bits import draw_stream
-from .jit import INLINE, PARALLEL
+from .jit import INLINE, PRANGE_ONLY
 from .mvm import backward, forward
 from .rng import STREAM_D_BITS, STREAM_PULSE_NOISE, family_key
 from .update import draw_column_bitmaps, exact_update, pulse_row
@@ -41,7 +41,7 @@ def _update_row(
     )
 
 
-@numba.njit(**PARALLEL)
+@numba.njit(**PRANGE_ONLY)
 def train_samples(
     images,
     labels,

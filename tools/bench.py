@@ -218,7 +218,7 @@ def bench_startup(data_dir):
         compile_seconds, total = map(float, subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split())
         print(f"JIT compilation of the training and evaluation kernels, empty cache: {compile_seconds:.1f} s (process {total:.1f} s)")
         command = [
-            "crossbar-emu", "train", "--train-limit", "10", "--test-limit", "10", "--epochs", "1",
+            sys.executable, "-m", "crossbar_emu", "train", "--train-limit", "10", "--test-limit", "10", "--epochs", "1",
             "--out", "start.h5", "--overwrite", "--no-progress",
         ]
         for attempt in ("first", "second"):
