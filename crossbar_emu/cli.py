@@ -381,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate_parser(subparsers)
     _add_traces_parser(subparsers)
     _add_data_parser(subparsers)
+    # Imported here because sweep_cli imports this module.
+    from .sweep_cli import add_sweep_parsers
+
+    add_sweep_parsers(subparsers, TRAIN_OPTIONS)
     return parser
 
 

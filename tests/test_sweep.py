@@ -3,7 +3,7 @@ local and Dask execution, validation before any run, and the report's tables and
 
 The runs train tiny networks on the real MNIST files. The CLI runs in-process through
 ``crossbar_emu.sweep_cli.main``, except where a sweep must be killed, which runs it as
-``python -m crossbar_emu.sweep_cli`` in a subprocess.
+``python -m crossbar_emu sweep`` in a subprocess.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ def test_invalid_grid_fails_before_run(tmp_path, capsys, grid_text, options, fra
 def sweep_command(out: Path) -> list[str]:
     """Command line of a sweep of 6 points, each long enough to stop the sweep between them."""
     return [
-        sys.executable, "-m", "crossbar_emu.sweep_cli", "sweep", "--hidden", "64", "--train-limit", "8000",
+        sys.executable, "-m", "crossbar_emu", "sweep", "--hidden", "64", "--train-limit", "8000",
         "--test-limit", "200", "--epochs", "1", "--imbalance", "0,0.1,0.2,0.3,0.4,0.5", "--workers", "1",
         "--out", str(out), "--no-progress",
     ]
