@@ -134,6 +134,18 @@ def _init_bound(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"expected a number or 'fan_in', got {text!r}") from None
 
 
+def _add_soft_bounds_options(group) -> None:
+    """Add the soft-bound device options shared by ``train`` and ``calibrate``."""
+    group.add_argument("--imbalance", type=float, metavar="U", help="up/down imbalance u in (-1, 1); u > 0 weakens down pulses (default 0)")
+    group.add_argument("--bound", type=float, metavar="BETA", help="nominal soft bound β in weight units (default 0.6)")
+    group.add_argument("--dw-min", type=float, help="nominal pulse step Δw_min in weight units (default 0.001)")
+    group.add_argument("--noise", choices=NOISE_KINDS, help="form of the cycle-to-cycle noise (default multiplicative)")
+    group.add_argument("--noise-std", type=float, help="cycle-to-cycle noise σ_c2c, relative (default 0.3)")
+    group.add_argument("--dw-min-dtod", type=float, help="device-to-device spread of the step, relative (default 0.3)")
+    group.add_argument("--bound-dtod", type=float, help="device-to-device spread of the bounds, relative (default 0.3)")
+    group.add_argument("--up-down-dtod", type=float, help="device-to-device spread of the up/down difference (default 0.01)")
+
+
 def _add_train_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -147,14 +159,7 @@ def _add_train_parser(subparsers) -> None:
 
     device = parser.add_argument_group("device")
     device.add_argument("--device", choices=DEVICE_KINDS, help="device model (default softbounds)")
-    device.add_argument("--imbalance", type=float, metavar="U", help="up/down imbalance u in (-1, 1); u > 0 weakens down pulses (default 0)")
-    device.add_argument("--bound", type=float, metavar="BETA", help="nominal soft bound β in weight units (default 0.6)")
-    device.add_argument("--dw-min", type=float, help="nominal pulse step Δw_min in weight units (default 0.001)")
-    device.add_argument("--noise", choices=NOISE_KINDS, help="form of the cycle-to-cycle noise (default multiplicative)")
-    device.add_argument("--noise-std", type=float, help="cycle-to-cycle noise σ_c2c, relative (default 0.3)")
-    device.add_argument("--dw-min-dtod", type=float, help="device-to-device spread of the step, relative (default 0.3)")
-    device.add_argument("--bound-dtod", type=float, help="device-to-device spread of the bounds, relative (default 0.3)")
-    device.add_argument("--up-down-dtod", type=float, help="device-to-device spread of the up/down difference (default 0.01)")
+    _add_soft_bounds_options(device)
 
     tile = parser.add_argument_group("tiles")
     tile.add_argument("--tile-size", type=_tile_size, metavar="N|ROWSxCOLS", help="largest tile in devices (default 512x512)")
@@ -300,14 +305,7 @@ def _add_calibrate_parser(subparsers) -> None:
     )
     parser.add_argument("--average", type=int, default=DEFAULT_CALIBRATION_AVERAGE, metavar="K", help=f"read-out averaged over the last K pairs (default {DEFAULT_CALIBRATION_AVERAGE})")
     parser.add_argument("--start", choices=START_STATES, default="zero", help="state of the devices before the pairs (default zero)")
-    parser.add_argument("--imbalance", type=float, metavar="U", help="up/down imbalance u in (-1, 1) (default 0)")
-    parser.add_argument("--bound", type=float, metavar="BETA", help="nominal soft bound β (default 0.6)")
-    parser.add_argument("--dw-min", type=float, help="nominal pulse step Δw_min (default 0.001)")
-    parser.add_argument("--noise", choices=NOISE_KINDS, help="form of the cycle-to-cycle noise (default multiplicative)")
-    parser.add_argument("--noise-std", type=float, help="cycle-to-cycle noise σ_c2c (default 0.3)")
-    parser.add_argument("--dw-min-dtod", type=float, help="device-to-device spread of the step (default 0.3)")
-    parser.add_argument("--bound-dtod", type=float, help="device-to-device spread of the bounds (default 0.3)")
-    parser.add_argument("--up-down-dtod", type=float, help="device-to-device spread of the up/down difference (default 0.01)")
+    _add_soft_bounds_options(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the device parameters and pulse noise (default 0)")
     parser.add_argument("--threads", type=int, help="Numba threads (default: every core)")
     parser.set_defaults(handler=_run_calibrate)
