@@ -421,6 +421,35 @@ def _stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _stop_requests():
+    """Turn SIGINT and SIGTERM into a stop request inside the block; yield the signals received.
+
+    The first signal only records itself, and the training loop stops at its next check,
+    between two compiled calls. A KeyboardInterrupt raised at an arbitrary point could land
+    in a finaliser, where Python ignores it. A second signal raises KeyboardInterrupt at
+    once, for a run that does not reach a check. Outside the main thread, where Python
+    cannot set signal handlers, both signals keep their present handling.
+    """
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt(f"received {signal.Signals(signum).name} twice")
+        logger.warning("received %s; stopping after the current chunk of samples", signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def _describe_config_error(error: ConfigError, options: dict[str, str]) -> str:
     option = options.get(error.key)
     name = f"{option} ({error.key})" if option else error.key
@@ -484,7 +513,7 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     train_limit = config.training.train_limit or len(data.train_images)
     test_limit = config.training.test_limit or len(data.test_images)
-    with _stop_on_sigterm() as signals:
+    with _stop_requests() as signals:
         result = ResultFile(out, overwrite=config.run.overwrite)
         logger.info("writing results to %s", out)
         try:
@@ -496,11 +525,12 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 data.test_labels[:test_limit],
                 result=result,
                 progress=not args.no_progress,
+                stop_requested=lambda: bool(signals),
             )
         except KeyboardInterrupt:
             # train closes the file itself; this covers a stop before it started.
             result.close("interrupted")
-            cause = signal.Signals(signals[0]).name if signals else "interrupted"
+            cause = "interrupted" if not signals or signals[0] == signal.SIGINT else signal.Signals(signals[0]).name
             logger.warning("%s; %s contains the finished epochs", cause, out)
             return EXIT_SIGNAL_BASE + signals[0] if signals else EXIT_INTERRUPTED
     final = summary.epochs[-1]

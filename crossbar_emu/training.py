@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numba
@@ -77,6 +78,7 @@ def train(
     result: ResultFile | None = None,
     progress: bool = False,
     network: CrossbarMLP | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> TrainingSummary:
     """Train the network for ``config.training.epochs`` and evaluate after each epoch.
 
@@ -84,7 +86,9 @@ def train(
     as it ends. With cells selected in ``config.trace``, their state is recorded into
     ``result`` between the compiled training calls. A KeyboardInterrupt stops the run after
     closing the result file with status ``interrupted``; the finished epochs and every trace
-    record taken stay in it. This function installs no signal handlers.
+    record taken stay in it. This function installs no signal handlers: a caller that
+    handles signals itself passes ``stop_requested``, which is polled after every compiled
+    call (at most 500 samples), and the run then stops as on a KeyboardInterrupt.
     """
     training = config.training
     trace = config.trace
@@ -186,6 +190,10 @@ def train(
                 if traced is not None and (last % trace.every == 0 or last == n_train):
                     result.traces.append(update_index, epoch, traced.read(network.layers))
                 bar.update(last - first)
+                if stop_requested is not None and stop_requested():
+                    # A signal handler only sets a flag; the run stops here, between two
+                    # compiled calls, where nothing is half-written.
+                    raise KeyboardInterrupt("stop requested")
                 if progress:
                     if last - health_sample >= HEALTH_INTERVAL:
                         totals = pulse_totals(network.layers)
