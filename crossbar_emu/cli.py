@@ -143,7 +143,7 @@ def _add_soft_bounds_options(group) -> None:
     group.add_argument("--noise-std", type=float, help="cycle-to-cycle noise σ_c2c, relative (default 0.3)")
     group.add_argument("--dw-min-dtod", type=float, help="device-to-device spread of the step, relative (default 0.3)")
     group.add_argument("--bound-dtod", type=float, help="device-to-device spread of the bounds, relative (default 0.3)")
-    group.add_argument("--up-down-dtod", type=float, help="device-to-device spread of the up/down difference (default 0.01)")
+    group.add_argument("--up-down-dtod", type=float, help="device-to-device spread σ_ud of the up/down difference, relative to Δw_min (default 0.01)")
 
 
 def _add_train_parser(subparsers) -> None:
@@ -154,7 +154,7 @@ def _add_train_parser(subparsers) -> None:
         "Options override the values of --config; unset ones keep the defaults "
         "(see --print-config).",
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML file with [device], [tile], [update], [network], [training], [run], [trace] tables")
+    parser.add_argument("--config", metavar="FILE", help="TOML file with [device], [tile], [zero_shift], [update], [network], [training], [run], [trace] tables")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and exit")
 
     device = parser.add_argument_group("device")
@@ -164,7 +164,7 @@ def _add_train_parser(subparsers) -> None:
     tile = parser.add_argument_group("tiles")
     tile.add_argument("--tile-size", type=_tile_size, metavar="N|ROWSxCOLS", help="largest tile in devices (default 512x512)")
     tile.add_argument("--reference", choices=REFERENCE_LAYOUTS, help="reference layout: per cell or one column per tile (default cell)")
-    tile.add_argument("--reference-value", type=float, help="conductance programmed into the reference devices (default 0)")
+    tile.add_argument("--reference-value", type=float, help="conductance programmed into the reference devices, weight units (default 0)")
 
     zero_shift = parser.add_argument_group("zero-shifting")
     zero_shift.add_argument(
@@ -194,18 +194,18 @@ def _add_train_parser(subparsers) -> None:
 
     network = parser.add_argument_group("network")
     network.add_argument("--hidden", type=_int_list, metavar="N,N", help="hidden layer widths (default 256,128)")
-    network.add_argument("--init-bound", type=_init_bound, help="initial weights uniform in ±BOUND, or fan_in for 1/√n_in (default fan_in)")
+    network.add_argument("--init-bound", type=_init_bound, help="initial weights uniform in ±BOUND weight units, or fan_in for 1/√n_in (default fan_in)")
     network.add_argument("--output-scale", type=_float_list, metavar="S[,S,S]", help="digital output scale s, one value or one per layer (default 1)")
 
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, help="epochs (default 30)")
+    training.add_argument("--epochs", type=int, help="passes over the training set (default 30)")
     training.add_argument("--lr", type=float, help="learning rate η of the first epochs (default 0.01)")
     training.add_argument("--lr-decay", type=float, help="factor applied to η every --lr-decay-every epochs (default 0.5)")
     training.add_argument("--lr-decay-every", type=int, help="epochs between learning-rate steps (default 10)")
     training.add_argument("--batch-size", type=int, help="samples per mini-batch, updates applied one by one (default 1)")
     training.add_argument("--seed", type=int, help="seed of every random number in the run (default 0)")
-    training.add_argument("--train-limit", type=int, metavar="N", help="train on the first N samples only")
-    training.add_argument("--test-limit", type=int, metavar="N", help="test on the first N samples only")
+    training.add_argument("--train-limit", type=int, metavar="N", help="train on the first N samples only (default all 60,000)")
+    training.add_argument("--test-limit", type=int, metavar="N", help="test on the first N samples only (default all 10,000)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--data-dir", help="MNIST directory (default $CROSSBAR_EMU_DATA, else data/mnist)")
@@ -330,7 +330,7 @@ def _run_calibrate(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     rows, cols = args.tile_size
     overrides.update({"tile.max_rows": rows, "tile.max_cols": cols, "training.seed": args.seed, "run.threads": args.threads})
     try:
-        config = (load_config(args.config) if args.config else Config()).replace(overrides)
+        config = load_config(args.config, overrides) if args.config else Config().replace(overrides)
     except ConfigError as error:
         options = dict(CALIBRATE_OPTIONS, **{"training.seed": "--seed", "run.threads": "--threads"})
         parser.exit(EXIT_USAGE, f"crossbar-emu calibrate: error: {_describe_config_error(error, options)}\n")
@@ -458,8 +458,8 @@ def _describe_config_error(error: ConfigError, options: dict[str, str]) -> str:
 
 def resolve_train_config(args: argparse.Namespace) -> Config:
     """Merge defaults, the --config file and the options; raise ConfigError if invalid."""
-    config = load_config(args.config) if args.config else Config()
-    return config.replace(_option_overrides(args))
+    overrides = _option_overrides(args)
+    return load_config(args.config, overrides) if args.config else Config().replace(overrides)
 
 
 def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -534,7 +534,7 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             logger.warning("%s; %s contains the finished epochs", cause, out)
             return EXIT_SIGNAL_BASE + signals[0] if signals else EXIT_INTERRUPTED
     final = summary.epochs[-1]
-    logger.info("done: test error %.2f %% after %d epochs; results in %s", 100 * final.test_error, final.epoch, out)
+    logger.info("done: test error %.2f %% after epoch %d; results in %s", 100 * final.test_error, final.epoch, out)
     return 0
 
 

@@ -471,8 +471,12 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return Config(**sections)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a TOML configuration file; missing keys keep their defaults."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a TOML configuration file; missing keys keep their defaults.
+
+    ``overrides`` maps dotted keys (``device.bound``) to values that replace the file's
+    before anything is validated, so a file value that an override replaces is never checked.
+    """
     path = Path(path)
     try:
         with path.open("rb") as stream:
@@ -481,4 +485,12 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError("--config", str(path), "file not found") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("--config", str(path), f"not valid TOML: {error}") from None
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if section not in _SECTIONS or name not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
+            raise ConfigError(key, value, "unknown configuration key")
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, table, "must be a table of keys")
+        table[name] = value
     return config_from_dict(data)

@@ -331,7 +331,7 @@ def _run_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 
 def _run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .report import PLOT_NAME, write_report
+    from .report import PLOT_NAME, X_KEY, write_report
 
     directory = Path(args.directory)
     try:
@@ -345,6 +345,10 @@ def _run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     print(report.markdown, end="")
     logger.info("wrote %s", ", ".join(str(path) for path in report.files))
     if args.no_plot:
+        return 0
+    if X_KEY not in report.keys:
+        # The plot's x axis is the imbalance; with one imbalance it would only mislead.
+        logger.info("device.imbalance takes one value in this sweep, so %s is not drawn", PLOT_NAME)
         return 0
 
     if importlib.util.find_spec("matplotlib") is None:

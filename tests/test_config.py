@@ -434,3 +434,19 @@ def test_toml_unset_values_are_comments():
     assert "train_limit" not in parsed["training"]
     assert "threads" not in parsed["run"]
     assert sorted(parsed) == sorted(field.name for field in dataclasses.fields(Config))
+
+
+def test_override_replaces_invalid_file_value(tmp_path):
+    # An option that replaces a file value wins before validation, so the file's invalid
+    # value is never checked.
+    path = tmp_path / "run.toml"
+    path.write_text("[device]\nimbalance = 2.0\n\n[training]\nepochs = 0\n")
+    config = load_config(path, {"device.imbalance": 0.1, "training.epochs": 2})
+    assert config.device.imbalance == 0.1
+    assert config.training.epochs == 2
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {"device.imbalance": 0.1})
+    assert raised.value.key == "training.epochs"
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {"device.imbalence": 0.1})
+    assert raised.value.key == "device.imbalence"
