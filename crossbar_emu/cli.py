@@ -657,9 +657,13 @@ def _run_data_fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_parser(build_parser(), argv)
+
+
+def run_parser(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv``, set up logging for a command-line run and call the chosen handler."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -383,17 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sweep`` or ``report`` from the arguments and return the exit status."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
+    from .cli import run_parser
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    with logging_redirect_tqdm():
-        return args.handler(args, parser)
+    return run_parser(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ default device, without noise).
 """
 
 import numba
-import numpy as np
 
 from .device_laws import soft_bounds_down, soft_bounds_up
 from .jit import PARALLEL
