@@ -112,7 +112,7 @@ def reference_targets(layer: CrossbarLayer, points: np.ndarray) -> np.ndarray:
 
 
 def zero_shift_layer(layer: CrossbarLayer, config: ZeroShiftConfig, seed: int, rng: np.random.Generator) -> Calibration:
-    """Program the references of ``layer`` as ``config`` says and return what was done.
+    """Program the references of ``layer`` as ``config`` sets them, and return the record.
 
     ``seed`` keys the calibration pulse noise; ``rng`` draws the programming errors. The
     weights must be programmed after this call, around the new reference.

@@ -7,7 +7,7 @@ sign(x_j d_i). Its expected weight change is BL * dw_min * C_x * C_d * x_j * d_i
 
 Pulses are applied slot by slot, in time order as the hardware fires them: for row i, the
 slots where its own bit is set, and within a slot the coincident columns in increasing
-order. Each pulse sees the conductance the previous one left. Enumerating the set bits of
+order. Each pulse starts from the conductance the previous one left. Enumerating the set bits of
 per-slot column bitmaps makes the cost proportional to the pulses, not to the cells.
 
 Arrays: conductance, reference and the device parameters are (n_rows, n_cols), one row per
