@@ -497,7 +497,7 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     from .mnist import DataError, load_mnist, resolve_data_dir
     from .results import ResultExistsError, ResultFile, check_writable, default_result_path
-    from .training import train
+    from .training import train_on_mnist
 
     out = Path(config.run.out) if config.run.out else default_result_path()
     try:
@@ -511,18 +511,13 @@ def _run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         logger.error("%s", error)
         return EXIT_FAILURE
 
-    train_limit = config.training.train_limit or len(data.train_images)
-    test_limit = config.training.test_limit or len(data.test_images)
     with _stop_requests() as signals:
         result = ResultFile(out, overwrite=config.run.overwrite)
         logger.info("writing results to %s", out)
         try:
-            summary = train(
+            summary = train_on_mnist(
                 config,
-                data.train_images[:train_limit],
-                data.train_labels[:train_limit],
-                data.test_images[:test_limit],
-                data.test_labels[:test_limit],
+                data,
                 result=result,
                 progress=not args.no_progress,
                 stop_requested=lambda: bool(signals),

@@ -417,12 +417,7 @@ class Config:
     def replace(self, overrides: dict[str, Any]) -> "Config":
         """Return a copy with dotted keys (``device.bound``) set; values are validated."""
         sections = {name: dict(values) for name, values in self.to_dict().items()}
-        for key, value in overrides.items():
-            section, _, name = key.partition(".")
-            if section not in sections or name not in sections[section]:
-                raise ConfigError(key, value, "unknown configuration key")
-            sections[section][name] = value
-        return config_from_dict(sections)
+        return config_from_dict(apply_overrides(sections, overrides))
 
 
 _SECTIONS = {
@@ -471,21 +466,24 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return Config(**sections)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a TOML configuration file; missing keys keep their defaults.
-
-    ``overrides`` maps dotted keys (``device.bound``) to values that replace the file's
-    before anything is validated, so a file value that an override replaces is never checked.
-    """
+def read_toml(path: str | Path, option: str) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file raises ConfigError under ``option``."""
     path = Path(path)
     try:
         with path.open("rb") as stream:
-            data = tomllib.load(stream)
+            return tomllib.load(stream)
     except FileNotFoundError:
-        raise ConfigError("--config", str(path), "file not found") from None
+        raise ConfigError(option, str(path), "file not found") from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError("--config", str(path), f"not valid TOML: {error}") from None
-    for key, value in (overrides or {}).items():
+        raise ConfigError(option, str(path), f"not valid TOML: {error}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``device.bound``) in nested config dicts, in place, and return them.
+
+    An unknown key raises ConfigError. Nothing is validated here; config_from_dict does that.
+    """
+    for key, value in overrides.items():
         section, _, name = key.partition(".")
         if section not in _SECTIONS or name not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
             raise ConfigError(key, value, "unknown configuration key")
@@ -493,4 +491,14 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         if not isinstance(table, dict):
             raise ConfigError(section, table, "must be a table of keys")
         table[name] = value
-    return config_from_dict(data)
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a TOML configuration file; missing keys keep their defaults.
+
+    ``overrides`` maps dotted keys (``device.bound``) to values that replace the file's
+    before anything is validated, so a file value that an override replaces is never checked.
+    """
+    data = read_toml(path, "--config")
+    return config_from_dict(apply_overrides(data, overrides or {}))

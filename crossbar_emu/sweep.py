@@ -29,7 +29,6 @@ import signal
 import socket
 import threading
 import time
-import tomllib
 import traceback
 import types
 import typing
@@ -40,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, ConfigError, config_from_dict, read_toml
 
 logger = logging.getLogger(__name__)
 
@@ -214,14 +213,7 @@ def load_grid_file(path: str | Path) -> Grid:
     configuration keys, quoted or written as nested tables. Raises ConfigError naming the key
     for an unknown key, a value that is not a list of values, or a conflicting setting.
     """
-    path = Path(path)
-    try:
-        with path.open("rb") as stream:
-            data = tomllib.load(stream)
-    except FileNotFoundError:
-        raise ConfigError("--grid", str(path), "file not found") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError("--grid", str(path), f"not valid TOML: {error}") from None
+    data = read_toml(path, "--grid")
 
     for key in data:
         if key not in ("fixed", "grid", "seeds"):
@@ -514,7 +506,7 @@ def run_point(task: PointTask) -> PointOutcome:
     traceback, and the partial file is deleted. A KeyboardInterrupt is not caught.
     """
     from .results import ResultFile
-    from .training import train
+    from .training import train_on_mnist
 
     start = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -523,18 +515,8 @@ def run_point(task: PointTask) -> PointOutcome:
     try:
         config = config_from_dict(json.loads(task.config_json))
         data = _cached_mnist(task.data_dir)
-        train_limit = config.training.train_limit or len(data.train_images)
-        test_limit = config.training.test_limit or len(data.test_images)
         result = ResultFile(partial, overwrite=True)
-        summary = train(
-            config,
-            data.train_images[:train_limit],
-            data.train_labels[:train_limit],
-            data.test_images[:test_limit],
-            data.test_labels[:test_limit],
-            result=result,
-            progress=False,
-        )
+        summary = train_on_mnist(config, data, result=result)
         _fsync(partial)
         os.replace(partial, result_path(directory, task.name))
     except Exception as error:

@@ -251,3 +251,20 @@ def train(
     if result is not None:
         result.close("completed")
     return summary
+
+
+def train_on_mnist(config: Config, data, **options) -> TrainingSummary:
+    """Train on MNIST arrays (a ``MnistData``), cut to training.train_limit and test_limit.
+
+    ``options`` pass on to ``train``.
+    """
+    train_limit = config.training.train_limit or len(data.train_images)
+    test_limit = config.training.test_limit or len(data.test_images)
+    return train(
+        config,
+        data.train_images[:train_limit],
+        data.train_labels[:train_limit],
+        data.test_images[:test_limit],
+        data.test_labels[:test_limit],
+        **options,
+    )
