@@ -286,7 +286,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Where data come from and results go, and how the run executes."""
+    """Data and result locations, and the thread count of the run."""
 
     data_dir: str | None = None
     """MNIST directory; unset means $CROSSBAR_EMU_DATA, else data/mnist in the working directory."""

@@ -1,8 +1,8 @@
 """Counter-based random numbers, reproducible from the seed whatever the thread count.
 
-Every random number is a pure function of (seed, update index, stream, index, counter): a
-key is built by mixing the first four with the SplitMix64 finaliser, and draw ``k`` of that
-key is ``mix64(key + (k + 1) * GOLDEN_GAMMA)``, the SplitMix64 sequence started at the key.
+Every random number is a pure function of (seed, update index, stream, index, counter). A
+key is built by mixing the first four with the SplitMix64 finaliser. Draw ``k`` of that key
+is ``mix64(key + (k + 1) * GOLDEN_GAMMA)``, the SplitMix64 sequence started at the key.
 No generator state is shared between threads, so a row's noise does not depend on which
 thread runs it or in what order.
 
@@ -120,7 +120,7 @@ def normal(key, counter):
     """Return (an N(0, 1) variate, the next unused counter) from stream ``key``.
 
     Ziggurat: draw ``counter`` picks the layer (bits 0-7), the sign (bit 8) and the
-    abscissa (bits 11-63); rejections and the tail take further draws of the same stream.
+    abscissa (bits 11-63). Rejections and the tail take further draws of the same stream.
     """
     while True:
         bits = random_bits(key, counter)

@@ -12,7 +12,7 @@ per-slot column bitmaps makes the cost proportional to the pulses, not to the ce
 
 Arrays: conductance, reference and the device parameters are (n_rows, n_cols), one row per
 layer output, the bias column last. The weight cache ``weights_t`` is stored transposed,
-(n_cols, n_rows), for the matrix-vector products, and holds g - g_ref at every cell.
+(n_cols, n_rows), for the matrix-vector products, and equals g - g_ref at every cell.
 """
 
 import numba

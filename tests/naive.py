@@ -84,7 +84,7 @@ def draw_stream(value: float, scale: float, bit_length: int, seed: int, update_i
     """Return the BL slots of one Bernoulli stream as booleans.
 
     Slot 2m compares the low 32 bits of draw m with the probability, slot 2m + 1 the high
-    32 bits; a probability of 1 sets every slot without drawing.
+    32 bits. A probability of 1 sets every slot without drawing.
     """
     probability = min(1.0, scale * abs(value))
     if probability <= 0.0:
@@ -117,9 +117,9 @@ def pulsed_update(
 ):
     """Return (new conductance, pulses_up per row, pulses_down per row) of one pulsed update.
 
-    Slot by slot, in time order: in every slot where row i's bit is set, each column whose
-    bit is also set gives cell (i, j) one pulse in sign(x_j d_i), columns in increasing
-    order, each pulse with a fresh noise draw from the row's stream.
+    Slot by slot, in time order. In every slot where row i's bit is set, each column whose
+    bit is also set gives cell (i, j) one pulse in sign(x_j d_i). Columns go in increasing
+    order, and each pulse takes a fresh noise draw from the row's stream.
     """
     g = np.array(conductance, dtype=np.float64, copy=True)
     n_rows, n_cols = g.shape

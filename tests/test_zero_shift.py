@@ -118,8 +118,8 @@ def test_noisy_measurement_spread_is_few_steps():
     layer.conductance[...] = np.clip(0.0, layer.params.b_min, layer.params.b_max)
     measured = measure_symmetry_points(layer, 3000, 1, seed=3)
     error = measured - closed_form
-    # Leave out the slowest devices (tiny steps from a gain near zero), which are far
-    # from converged after 3000 pairs; the others scatter by a few Δw_min.
+    # Leave out the slowest devices (tiny steps from a gain near zero), because they are
+    # far from converged after 3000 pairs. The others scatter by a few Δw_min.
     time_constant = 0.6 / (layer.params.alpha_up + layer.params.alpha_down)
     converged = time_constant < 600
     assert converged.mean() > 0.9
@@ -142,6 +142,7 @@ def test_random_pulses_settle_at_symmetry_point():
     down = np.zeros(n_rows, dtype=np.int64)
     cell_up = np.zeros(layer.shape, dtype=np.int64)
     cell_down = np.zeros_like(cell_up)
+
     signs = np.random.default_rng(4).choice([-1.0, 1.0], size=(24000, n_rows))
     x = np.ones(n_cols - 1)
     total = np.zeros(layer.shape)
@@ -156,6 +157,7 @@ def test_random_pulses_settle_at_symmetry_point():
         if k >= 4000:
             total += g
             samples += 1
+
     time_average = total / samples
     deviation = time_average - w_star
     # Each device's time average scatters with its walk: about α √(τ / 2) per device,
